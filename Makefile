@@ -1,0 +1,67 @@
+# rackboot Makefile. `make` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+GO ?= go
+BIN := bin
+FUZZTIME ?= 30s
+BENCHTIME ?= 1s
+COUNT ?= 1
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
+
+# Debian packages the tests drive: real NBD clients.
+TEST_PKGS := libnbd-bin qemu-utils e2fsprogs
+# Reference servers for the comparative benchmarks.
+BENCH_NBD_PKGS := libnbd-bin qemu-utils nbd-server nbdkit fio
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install the Debian packages and Go modules the tests need
+	scripts/apt-ensure.sh $(TEST_PKGS)
+	$(GO) mod download
+
+.PHONY: build
+build: ## build bin/rackboot
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/rackboot ./cmd/rackboot
+
+.PHONY: test
+test: deps ## run every test (with the race detector) against real clients
+	RACKBOOT_REQUIRE_TOOLS=1 $(GO) test -race -count=1 ./...
+
+.PHONY: test-robustness
+test-robustness: deps ## COW power-cut tests with many seeds (slow)
+	$(GO) test -count=1 -tags robustness -run Robustness ./nbd/cow/
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+.PHONY: lint
+lint: ## go vet, gofmt and staticcheck
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) run $(STATICCHECK) ./...
+
+.PHONY: bench
+bench: ## Go micro-benchmarks (NBD over loopback, copy-on-write layer)
+	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) -count=$(COUNT) ./nbd/...
+
+.PHONY: bench-compare
+bench-compare: ## benchstat of `make bench` at REF against the work tree
+	scripts/bench-compare.sh $(REF)
+
+.PHONY: bench-nbd
+bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for a short run)
+	scripts/apt-ensure.sh $(BENCH_NBD_PKGS)
+	scripts/bench-nbd.sh
+
+.PHONY: clean
+clean: ## remove build outputs
+	rm -rf $(BIN)

@@ -1,0 +1,5 @@
+//go:build robustness
+
+package cow
+
+const crashSeeds = 3000

@@ -1,0 +1,733 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Defaults for the zero values of Server's fields.
+const (
+	// DefaultMaxConnections bounds the connections served at once; further
+	// connections are closed right after accept.
+	DefaultMaxConnections = 1024
+	// DefaultMaxInFlight bounds the requests of one connection being
+	// handled at once; the server stops reading from a connection that has
+	// this many outstanding and lets TCP push back.
+	DefaultMaxInFlight = 128
+	// DefaultHandshakeTimeout bounds the whole option haggling phase.
+	DefaultHandshakeTimeout = 30 * time.Second
+	// DefaultWriteTimeout bounds the sending of one reply.
+	DefaultWriteTimeout = 60 * time.Second
+	// DefaultDrainTimeout bounds how long Serve waits, once its context is
+	// done, for in-flight requests to finish and write layers to sync.
+	DefaultDrainTimeout = 30 * time.Second
+)
+
+// Block sizes advertised in NBD_INFO_BLOCK_SIZE.
+const (
+	// MinBlockSize is the smallest I/O the server handles without penalty:
+	// any byte range works.
+	MinBlockSize = 1
+	// PreferredBlockSize is the I/O size that avoids read-modify-write in
+	// copy-on-write layers.
+	PreferredBlockSize = 4096
+	// MaxPayload is the largest READ or WRITE the server accepts; larger
+	// requests get EINVAL (a write's payload is read and dropped, so the
+	// connection stays in sync).
+	MaxPayload = 32 << 20
+)
+
+// Server serves NBD exports chosen by a Resolver. The zero value with a
+// Resolver set is ready to use. A Server must not be copied after first use.
+//
+// # Concurrency
+//
+// Each connection's requests are handled concurrently (up to MaxInFlight at
+// a time) and answered in completion order, matched by handle, as the
+// protocol allows. A failed request gets its own error reply; only protocol
+// violations that make the stream unreadable (a bad request magic) end a
+// connection.
+//
+// # Shutdown
+//
+// When the context passed to Serve is done, the server stops accepting,
+// stops reading new requests on every connection, finishes the requests
+// already read, syncs each writable export, releases it and closes the
+// connection, like http.Server.Shutdown. If that takes longer than
+// DrainTimeout the remaining connections are closed and Serve returns an
+// error wrapping context.DeadlineExceeded.
+type Server struct {
+	// Resolver chooses exports. Required.
+	Resolver Resolver
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// MaxConnections bounds concurrent connections; 0 means
+	// DefaultMaxConnections.
+	MaxConnections int
+	// MaxInFlight bounds concurrent requests per connection; 0 means
+	// DefaultMaxInFlight.
+	MaxInFlight int
+	// HandshakeTimeout bounds option haggling; 0 means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// WriteTimeout bounds the sending of one reply; 0 means
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// DrainTimeout bounds the shutdown drain; 0 means DefaultDrainTimeout.
+	DrainTimeout time.Duration
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// ListenAndServe listens on the TCP address addr and calls Serve.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening for NBD: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts connections on ln until ctx is done, then drains as
+// described in the Shutdown section and returns nil. It closes ln. It
+// returns an error if accepting fails for a reason other than shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.Resolver == nil {
+		ln.Close()
+		return errors.New("nbd: Server.Resolver is nil")
+	}
+	log := s.logger()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	slots := make(chan struct{}, orDefault(s.MaxConnections, DefaultMaxConnections))
+	var serveErr error
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if isTemporary(err) {
+				// Out of file descriptors and the like: wait and retry,
+				// as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				log.Error("accept failed, retrying", "err", err, "dur", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			serveErr = fmt.Errorf("accepting NBD connections: %w", err)
+			break
+		}
+		backoff = 0
+		select {
+		case slots <- struct{}{}:
+		default:
+			log.Warn("too many connections, closing new one", "peer", nc.RemoteAddr().String())
+			nc.Close()
+			continue
+		}
+		s.track(nc, true)
+		s.wg.Go(func() {
+			defer func() { <-slots }()
+			defer s.track(nc, false)
+			s.serveConn(ctx, nc)
+		})
+	}
+	ln.Close()
+	return errors.Join(serveErr, s.drain())
+}
+
+// isTemporary reports accept errors worth retrying.
+func isTemporary(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
+		errors.Is(err, syscall.ECONNABORTED)
+}
+
+func (s *Server) track(nc net.Conn, add bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = make(map[net.Conn]struct{})
+	}
+	if add {
+		s.conns[nc] = struct{}{}
+	} else {
+		delete(s.conns, nc)
+	}
+}
+
+// drain waits for every connection to finish, closing the stragglers after
+// DrainTimeout.
+func (s *Server) drain() error {
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(orDefault(s.DrainTimeout, DefaultDrainTimeout))
+	defer timer.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-timer.C:
+	}
+	s.mu.Lock()
+	n := len(s.conns)
+	for nc := range s.conns {
+		nc.Close()
+	}
+	s.mu.Unlock()
+	<-done
+	return fmt.Errorf("draining NBD connections: %d still busy: %w", n, context.DeadlineExceeded)
+}
+
+// aLongTimeAgo is a deadline in the past, used to interrupt blocked reads.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// conn is one client connection.
+type conn struct {
+	s   *Server
+	nc  net.Conn
+	log *slog.Logger
+	br  *bufio.Reader
+
+	wmu    sync.Mutex // serialises replies
+	broken atomic.Bool
+}
+
+func peerAddr(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
+	defer nc.Close()
+	peer := peerAddr(nc.RemoteAddr())
+	c := &conn{
+		s:   s,
+		nc:  nc,
+		log: s.logger().With("peer", peer.String()),
+		br:  bufio.NewReaderSize(nc, 64<<10),
+	}
+	// Shutdown interrupts whatever read is blocked; writes go on so that
+	// in-flight requests still get their replies.
+	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(aLongTimeAgo) })
+	defer stop()
+
+	exp, err := c.handshake(ctx, peer)
+	if err != nil {
+		c.log.Debug("handshake ended", "err", err)
+		return
+	}
+	if exp == nil {
+		return
+	}
+	log := c.log.With("export", exp.Name)
+	c.log = log
+	log.Debug("export opened")
+	c.transmit(ctx, exp)
+	if exp.Release != nil {
+		exp.Release()
+	}
+	log.Debug("export closed")
+}
+
+// handshake runs fixed-newstyle option haggling. It returns the export
+// chosen with NBD_OPT_GO or NBD_OPT_EXPORT_NAME, or nil after
+// NBD_OPT_ABORT, or an error when the connection must be dropped.
+func (c *conn) handshake(ctx context.Context, peer netip.AddrPort) (*Export, error) {
+	c.nc.SetDeadline(time.Now().Add(orDefault(c.s.HandshakeTimeout, DefaultHandshakeTimeout)))
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	bw := bufio.NewWriterSize(c.nc, 4096)
+	var greet [18]byte
+	binary.BigEndian.PutUint64(greet[0:], magicNBD)
+	binary.BigEndian.PutUint64(greet[8:], magicOpt)
+	binary.BigEndian.PutUint16(greet[16:], flagFixedNewstyle|flagNoZeroes)
+	if _, err := c.nc.Write(greet[:]); err != nil {
+		return nil, fmt.Errorf("sending greeting: %w", err)
+	}
+	var b [16]byte
+	if _, err := io.ReadFull(c.br, b[:4]); err != nil {
+		return nil, fmt.Errorf("reading client flags: %w", err)
+	}
+	cflags := binary.BigEndian.Uint32(b[:4])
+	if cflags&^clientFlagsAllowed != 0 {
+		c.log.Warn("unknown client flags", "flags", cflags)
+		return nil, fmt.Errorf("client flags %#x: %w", cflags, errMalformed)
+	}
+	noZeroes := cflags&flagNoZeroes != 0
+
+	reply := func(opt, typ uint32, data ...[]byte) error {
+		var h [20]byte
+		binary.BigEndian.PutUint64(h[0:], magicOptReply)
+		binary.BigEndian.PutUint32(h[8:], opt)
+		binary.BigEndian.PutUint32(h[12:], typ)
+		n := 0
+		for _, d := range data {
+			n += len(d)
+		}
+		binary.BigEndian.PutUint32(h[16:], uint32(n))
+		bw.Write(h[:])
+		for _, d := range data {
+			bw.Write(d)
+		}
+		return bw.Flush()
+	}
+	errReply := func(opt, typ uint32, msg string) error {
+		return reply(opt, typ, []byte(msg))
+	}
+
+	for n := 0; ; n++ {
+		if n == 256 {
+			return nil, errors.New("too many options")
+		}
+		if _, err := io.ReadFull(c.br, b[:]); err != nil {
+			return nil, fmt.Errorf("reading option: %w", err)
+		}
+		if m := binary.BigEndian.Uint64(b[0:8]); m != magicOpt {
+			c.log.Warn("bad option magic", "magic", m)
+			return nil, fmt.Errorf("option magic %#x: %w", m, errMalformed)
+		}
+		opt := binary.BigEndian.Uint32(b[8:12])
+		length := binary.BigEndian.Uint32(b[12:16])
+		if length > maxOptionLength {
+			c.log.Warn("option too long", "option", optionName(opt), "len", length)
+			return nil, fmt.Errorf("%s of %d bytes: %w", optionName(opt), length, errMalformed)
+		}
+		data := make([]byte, length)
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			return nil, fmt.Errorf("reading %s data: %w", optionName(opt), err)
+		}
+		switch opt {
+		case optExportName:
+			if err := checkName(data); err != nil {
+				return nil, err
+			}
+			exp, err := c.s.Resolver.Open(ctx, string(data), peer)
+			if err != nil {
+				c.log.Info("export refused", "export", string(data), "err", err)
+				return nil, err
+			}
+			var out [10 + 124]byte
+			binary.BigEndian.PutUint64(out[0:], uint64(exp.Device.Size()))
+			binary.BigEndian.PutUint16(out[8:], transmissionFlags(exp))
+			msg := out[:]
+			if noZeroes {
+				msg = out[:10]
+			}
+			if _, err := c.nc.Write(msg); err != nil {
+				if exp.Release != nil {
+					exp.Release()
+				}
+				return nil, fmt.Errorf("sending export info: %w", err)
+			}
+			return exp, nil
+
+		case optAbort:
+			reply(opt, repAck) // the client may have gone already
+			return nil, nil
+
+		case optList:
+			if length != 0 {
+				if err := errReply(opt, repErrInvalid, "LIST takes no data"); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			list, err := c.s.Resolver.List(ctx, peer)
+			if err != nil {
+				c.log.Error("listing exports", "err", err)
+				if err := errReply(opt, repErrPolicy, "listing refused"); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			for _, e := range list {
+				name := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
+				name = append(name, e.Name...)
+				if err := reply(opt, repServer, name, []byte(e.Description)); err != nil {
+					return nil, err
+				}
+			}
+			if err := reply(opt, repAck); err != nil {
+				return nil, err
+			}
+
+		case optInfo, optGo:
+			req, err := parseGoRequest(data)
+			if err != nil {
+				c.log.Warn("malformed option", "option", optionName(opt), "err", err)
+				if err := errReply(opt, repErrInvalid, err.Error()); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			exp, err := c.s.Resolver.Open(ctx, req.name, peer)
+			if err != nil {
+				c.log.Info("export refused", "export", req.name, "err", err)
+				code, msg := uint32(repErrUnknown), "unknown export"
+				switch {
+				case errors.Is(err, fs.ErrPermission):
+					code, msg = repErrPolicy, "export not allowed"
+				case errors.Is(err, fs.ErrNotExist):
+				case ctx.Err() != nil:
+					code, msg = repErrShutdown, "server shutting down"
+				default:
+					code, msg = repErrUnknown, "export unavailable"
+				}
+				if err := errReply(opt, code, msg); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if err := c.sendInfo(reply, opt, req, exp); err != nil || opt == optInfo {
+				if exp.Release != nil {
+					exp.Release()
+				}
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
+			return exp, nil
+
+		default:
+			// STARTTLS, STRUCTURED_REPLY, the meta-context options,
+			// EXTENDED_HEADERS and anything newer: we run without TLS
+			// and with simple replies only.
+			if err := errReply(opt, repErrUnsup, optionName(opt)+" not supported"); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// sendInfo answers NBD_OPT_INFO / NBD_OPT_GO for exp: NBD_INFO_EXPORT
+// always, then each requested information we have, then NBD_REP_ACK.
+func (c *conn) sendInfo(reply func(opt, typ uint32, data ...[]byte) error, opt uint32, req goRequest, exp *Export) error {
+	info := binary.BigEndian.AppendUint16(nil, infoExport)
+	info = binary.BigEndian.AppendUint64(info, uint64(exp.Device.Size()))
+	info = binary.BigEndian.AppendUint16(info, transmissionFlags(exp))
+	if err := reply(opt, repInfo, info); err != nil {
+		return err
+	}
+	for _, want := range req.infos {
+		var info []byte
+		switch want {
+		case infoName:
+			info = binary.BigEndian.AppendUint16(nil, infoName)
+			info = append(info, exp.Name...)
+		case infoDescription:
+			if exp.Description == "" {
+				continue
+			}
+			info = binary.BigEndian.AppendUint16(nil, infoDescription)
+			info = append(info, exp.Description...)
+		case infoBlockSize:
+			info = binary.BigEndian.AppendUint16(nil, infoBlockSize)
+			info = binary.BigEndian.AppendUint32(info, MinBlockSize)
+			info = binary.BigEndian.AppendUint32(info, PreferredBlockSize)
+			info = binary.BigEndian.AppendUint32(info, MaxPayload)
+		default:
+			continue
+		}
+		if err := reply(opt, repInfo, info); err != nil {
+			return err
+		}
+	}
+	return reply(opt, repAck)
+}
+
+// transmissionFlags are the flags advertised for exp.
+func transmissionFlags(exp *Export) uint16 {
+	f := uint16(FlagHasFlags)
+	if exp.ReadOnly {
+		f |= FlagReadOnly
+	} else {
+		f |= FlagSendFlush | FlagSendFUA | FlagSendWriteZeroes
+		if _, ok := exp.Device.(Trimmer); ok {
+			f |= FlagSendTrim
+		}
+	}
+	if exp.MultiConn {
+		f |= FlagCanMultiConn
+	}
+	return f
+}
+
+// transmit reads requests until the client disconnects, the stream breaks
+// or the server shuts down, handling them concurrently. Before returning it
+// waits for every request it started and syncs a writable export.
+func (c *conn) transmit(ctx context.Context, exp *Export) {
+	c.nc.SetDeadline(time.Time{})
+	if ctx.Err() != nil {
+		// The shutdown may have fired before the deadline was cleared.
+		c.nc.SetReadDeadline(aLongTimeAgo)
+	}
+	slots := make(chan struct{}, orDefault(c.s.MaxInFlight, DefaultMaxInFlight))
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		if !exp.ReadOnly {
+			if err := exp.Device.Sync(); err != nil {
+				c.log.Error("syncing export on close", "err", err)
+			}
+		}
+	}()
+	var hdr [requestHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			switch {
+			case ctx.Err() != nil:
+				c.log.Debug("connection drained for shutdown")
+			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ECONNRESET):
+				c.log.Debug("client went away", "err", err)
+			default:
+				c.log.Warn("reading request", "err", err)
+			}
+			return
+		}
+		req, err := parseRequest(hdr[:])
+		if err != nil {
+			c.log.Warn("dropping connection", "err", err)
+			return
+		}
+		if req.typ == cmdDisc {
+			c.log.Debug("client disconnected")
+			return
+		}
+		var payload []byte
+		if req.typ == cmdWrite {
+			if req.length > MaxPayload {
+				c.log.Warn("write too large", "offset", req.offset, "len", req.length)
+				if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
+					c.log.Warn("reading write payload", "err", err)
+					return
+				}
+				c.send(req.handle, errInval, nil)
+				continue
+			}
+			payload = getBuf(int(req.length))
+			if _, err := io.ReadFull(c.br, payload); err != nil {
+				putBuf(payload)
+				c.log.Warn("reading write payload", "err", err)
+				return
+			}
+		}
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			errno, data := c.do(exp, req, payload)
+			if payload != nil {
+				putBuf(payload)
+			}
+			c.send(req.handle, errno, data)
+			if data != nil {
+				putBuf(data)
+			}
+		})
+	}
+}
+
+// do carries out one request. It returns the reply's error value and, for a
+// successful read, the data (a pool buffer).
+func (c *conn) do(exp *Export, req request, payload []byte) (uint32, []byte) {
+	allowed := uint16(cmdFlagFUA)
+	if req.typ == cmdWriteZeroes {
+		allowed |= cmdFlagNoHole
+	}
+	if req.flags&^allowed != 0 {
+		c.log.Warn("unsupported command flags", "cmd", commandName(req.typ), "flags", req.flags)
+		return errInval, nil
+	}
+	dev := exp.Device
+	size := uint64(dev.Size())
+	off, n := int64(req.offset), int64(req.length)
+	inRange := req.offset <= size && uint64(req.length) <= size-req.offset
+	writing := req.typ == cmdWrite || req.typ == cmdTrim || req.typ == cmdWriteZeroes
+	switch {
+	case writing && exp.ReadOnly:
+		return errPerm, nil
+	case writing && !inRange:
+		c.log.Warn("write beyond end", "cmd", commandName(req.typ), "offset", req.offset, "len", req.length)
+		return errNoSpc, nil
+	}
+	var err error
+	switch req.typ {
+	case cmdRead:
+		if !inRange || req.length > MaxPayload {
+			c.log.Warn("bad read", "offset", req.offset, "len", req.length)
+			return errInval, nil
+		}
+		buf := getBuf(int(n))
+		if k, rerr := dev.ReadAt(buf, off); rerr != nil && (k != len(buf) || !errors.Is(rerr, io.EOF)) {
+			putBuf(buf)
+			err = rerr
+			break
+		}
+		return 0, buf
+	case cmdWrite:
+		_, err = dev.WriteAt(payload, off)
+	case cmdFlush:
+		if !exp.ReadOnly {
+			err = dev.Sync()
+		}
+		return c.errno(req, err), nil
+	case cmdTrim:
+		if t, ok := dev.(Trimmer); ok {
+			err = t.Trim(off, n)
+		}
+	case cmdWriteZeroes:
+		err = writeZeroes(dev, off, n, req.flags&cmdFlagNoHole == 0)
+	default:
+		c.log.Warn("unsupported command", "cmd", commandName(req.typ))
+		return errInval, nil
+	}
+	if err == nil && writing && req.flags&cmdFlagFUA != 0 {
+		err = dev.Sync()
+	}
+	return c.errno(req, err), nil
+}
+
+// writeZeroes zeroes a range through the device's Zeroer, or by writing
+// zero buffers.
+func writeZeroes(dev Device, off, n int64, punch bool) error {
+	if z, ok := dev.(Zeroer); ok {
+		return z.WriteZeroes(off, n, punch)
+	}
+	buf := getBuf(int(min(n, 1<<20)))
+	defer putBuf(buf)
+	clear(buf)
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := dev.WriteAt(buf[:k], off); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
+
+// errno turns a device error into a reply error value, logging the cause:
+// the client only ever sees the generic code.
+func (c *conn) errno(req request, err error) uint32 {
+	if err == nil {
+		return 0
+	}
+	var code uint32
+	switch {
+	case errors.Is(err, ErrReadOnly), errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EROFS):
+		code = errPerm
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		code = errNoSpc
+	case errors.Is(err, syscall.EINVAL):
+		code = errInval
+	case errors.Is(err, os.ErrClosed), errors.Is(err, syscall.ESHUTDOWN):
+		code = errShutdown
+	default:
+		code = errIO
+	}
+	c.log.Error("request failed", "cmd", commandName(req.typ), "offset", req.offset, "len", req.length, "err", err)
+	return code
+}
+
+// send writes one simple reply. After a failed write the connection is
+// closed, which also ends the request reader.
+func (c *conn) send(handle uint64, errno uint32, data []byte) {
+	var h [replyHeaderLen]byte
+	putReply(h[:], errno, handle)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.broken.Load() {
+		return
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(orDefault(c.s.WriteTimeout, DefaultWriteTimeout)))
+	bufs := net.Buffers{h[:]}
+	if len(data) > 0 {
+		bufs = append(bufs, data)
+	}
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		c.broken.Store(true)
+		c.log.Warn("sending reply", "err", err)
+		c.nc.Close()
+	}
+}
+
+// Buffer pool: one sync.Pool per power-of-two size class from 4 KiB to
+// MaxPayload, so that steady-state I/O allocates nothing.
+const (
+	minClassShift = 12
+	maxClassShift = 25
+)
+
+var bufPools [maxClassShift - minClassShift + 1]sync.Pool
+
+func sizeClass(n int) int {
+	c := 0
+	for (1 << (minClassShift + c)) < n {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	if n > MaxPayload {
+		return make([]byte, n)
+	}
+	c := sizeClass(n)
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, 1<<(minClassShift+c))
+}
+
+func putBuf(b []byte) {
+	c := sizeClass(cap(b))
+	if c > len(bufPools)-1 || cap(b) != 1<<(minClassShift+c) {
+		return
+	}
+	b = b[:cap(b)]
+	bufPools[c].Put(&b)
+}
