@@ -1,0 +1,429 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rackboot/rackboot/nbd/cow"
+)
+
+// Arch is a board architecture.
+type Arch string
+
+// The architectures rackboot boots.
+const (
+	AMD64 Arch = "amd64"
+	ARM64 Arch = "arm64"
+	ARMHF Arch = "armhf"
+)
+
+// DefaultConsole is the kernel console of each architecture's boards when
+// the configuration names none.
+var DefaultConsole = map[Arch]string{
+	AMD64: "ttyS0,115200",
+	ARM64: "ttyAMA0,115200",
+	ARMHF: "ttyAMA0,115200",
+}
+
+// Board is a board of the inventory.
+type Board struct {
+	Name      string
+	MAC       net.HardwareAddr
+	Arch      Arch
+	IP        netip.Addr // fixed address, or zero for one from the dynamic range
+	Image     string
+	Cmdline   string // extra kernel command-line arguments
+	BuildDisk string // build-disk selector for the initramfs
+	Console   string // kernel console=, default by arch
+}
+
+// KernelFiles are the kernel and initramfs an architecture boots, as paths
+// in the boot tree.
+type KernelFiles struct {
+	Kernel string
+	Initrd string
+}
+
+// UnknownPolicy says what unknown machines that PXE-boot get.
+type UnknownPolicy string
+
+const (
+	// UnknownIgnore records them and gives them no boot file.
+	UnknownIgnore UnknownPolicy = "ignore"
+	// UnknownIdentify boots them into the initramfs in identify mode:
+	// it reports the machine and powers off. No root, no disk writes.
+	UnknownIdentify UnknownPolicy = "identify"
+)
+
+// Config is what the Lab needs to know.
+type Config struct {
+	// Address is the appliance's address as boards reach it.
+	Address netip.Addr
+	// NBDPort and HTTPPort are where boards find those servers.
+	NBDPort, HTTPPort uint16
+	Boards            []Board
+	// Kernels per architecture.
+	Kernels map[Arch]KernelFiles
+	// Cmdline is appended to every board's kernel command line.
+	Cmdline string
+	Unknown UnknownPolicy
+	// IdentifyArch is the architecture unknown machines are booted as in
+	// identify mode, when their firmware doesn't tell.
+	IdentifyArch Arch
+}
+
+// Neighbors tells which MAC an address belongs to on the boot network: the
+// DHCP server's current leases, or the kernel's neighbour table.
+type Neighbors interface {
+	MACFor(ip netip.Addr) (net.HardwareAddr, bool)
+}
+
+// NeighborsFunc adapts a function to Neighbors.
+type NeighborsFunc func(ip netip.Addr) (net.HardwareAddr, bool)
+
+// MACFor calls f.
+func (f NeighborsFunc) MACFor(ip netip.Addr) (net.HardwareAddr, bool) { return f(ip) }
+
+// Lab is the one owner of board state: the inventory, boots and their
+// tokens, which copy-on-write session each boot owns, and who may fetch
+// what. It is safe for concurrent use.
+type Lab struct {
+	cfg       Config
+	store     Store
+	sessions  *cow.Store
+	images    map[string]*cow.Image
+	tree      *os.Root
+	neighbors Neighbors
+	log       *slog.Logger
+	now       func() time.Time
+
+	byMAC  map[string]*Board
+	byName map[string]*Board
+
+	mu sync.Mutex // serialises boot starts
+}
+
+var boardNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// Options are the Lab's collaborators.
+type Options struct {
+	Store     Store
+	Sessions  *cow.Store
+	Images    map[string]*cow.Image // opened base images by name
+	Tree      *os.Root              // the static boot tree
+	Neighbors Neighbors
+	Logger    *slog.Logger
+	// Now is a test seam; nil means time.Now.
+	Now func() time.Time
+}
+
+// New checks cfg, records the inventory in the store and returns the Lab.
+func New(ctx context.Context, cfg Config, o Options) (*Lab, error) {
+	l := &Lab{
+		cfg: cfg, store: o.Store, sessions: o.Sessions, images: o.Images, tree: o.Tree,
+		neighbors: o.Neighbors, log: o.Logger, now: o.Now,
+		byMAC: make(map[string]*Board), byName: make(map[string]*Board),
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.neighbors == nil {
+		l.neighbors = NeighborsFunc(func(netip.Addr) (net.HardwareAddr, bool) { return nil, false })
+	}
+	if l.cfg.Unknown == "" {
+		l.cfg.Unknown = UnknownIgnore
+	}
+	if l.cfg.IdentifyArch == "" {
+		l.cfg.IdentifyArch = AMD64
+	}
+	for i := range cfg.Boards {
+		b := &cfg.Boards[i]
+		if !boardNameRE.MatchString(b.Name) {
+			return nil, fmt.Errorf("board name %q: want [A-Za-z0-9][A-Za-z0-9._-]{0,62}", b.Name)
+		}
+		if l.byName[b.Name] != nil {
+			return nil, fmt.Errorf("board %s listed twice", b.Name)
+		}
+		if l.byMAC[b.MAC.String()] != nil {
+			return nil, fmt.Errorf("board %s: MAC %s already belongs to %s", b.Name, b.MAC, l.byMAC[b.MAC.String()].Name)
+		}
+		if _, ok := l.images[b.Image]; !ok {
+			return nil, fmt.Errorf("board %s: unknown image %q", b.Name, b.Image)
+		}
+		if _, ok := cfg.Kernels[b.Arch]; !ok {
+			return nil, fmt.Errorf("board %s: no kernel configured for arch %s", b.Name, b.Arch)
+		}
+		if b.Console == "" {
+			b.Console = DefaultConsole[b.Arch]
+		}
+		l.byName[b.Name] = b
+		l.byMAC[b.MAC.String()] = b
+	}
+	if err := l.store.SyncBoards(ctx, cfg.Boards); err != nil {
+		return nil, fmt.Errorf("recording boards: %w", err)
+	}
+	return l, nil
+}
+
+// BoardByMAC returns the board with that MAC.
+func (l *Lab) BoardByMAC(mac net.HardwareAddr) (*Board, bool) {
+	b, ok := l.byMAC[mac.String()]
+	return b, ok
+}
+
+// Boards returns the inventory.
+func (l *Lab) Boards() []Board { return l.cfg.Boards }
+
+// Store returns the lab's state store, for listings.
+func (l *Lab) Store() Store { return l.store }
+
+// newToken returns 128 random bits in hex: the boot's capability.
+func newToken() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// startBoot begins a new boot of board b at ip: a fresh token, a fresh
+// copy-on-write session, and the previous boot's session discarded.
+func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecord, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rec := BootRecord{
+		Board: b.Name, Token: newToken(), Image: b.Image, IP: ip, MAC: b.MAC, Started: l.now(),
+	}
+	rec.Session = b.Name + "@" + rec.Token[:12]
+	rec, err := l.store.StartBoot(ctx, rec)
+	if err != nil {
+		return BootRecord{}, err
+	}
+	// Discard every earlier layer of this board. The new session is
+	// created on first attach, so "except the newest" must not count it:
+	// discard all of the owner's sessions that aren't this boot's.
+	if err := l.discardOthers(b.Name, rec.Session); err != nil {
+		l.log.Error("discarding previous boot's layer", "board", b.Name, "err", err)
+	}
+	l.log.Info("boot started", "board", b.Name, "boot", rec.ID, "ip", ip.String(), "image", b.Image)
+	return rec, nil
+}
+
+func (l *Lab) discardOthers(owner, keep string) error {
+	all, err := l.sessions.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range all {
+		if s.Owner == owner && s.Name != keep {
+			if err := l.sessions.Discard(s.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			} else {
+				l.log.Info("layer discarded", "board", owner, "session", s.Name)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BoardAt returns the name of the board at ip, if it is one.
+func (l *Lab) BoardAt(ip netip.Addr) (string, bool) {
+	b, _, ok := l.boardAt(ip)
+	if !ok || b == nil {
+		return "", false
+	}
+	return b.Name, true
+}
+
+// peerMAC returns the MAC the boot network says ip belongs to.
+func (l *Lab) peerMAC(ip netip.Addr) (net.HardwareAddr, bool) {
+	return l.neighbors.MACFor(ip.Unmap())
+}
+
+// boardAt returns the board at ip, or nil and the MAC if the machine
+// there is unknown.
+func (l *Lab) boardAt(ip netip.Addr) (*Board, net.HardwareAddr, bool) {
+	mac, ok := l.peerMAC(ip)
+	if !ok {
+		return nil, nil, false
+	}
+	return l.byMAC[mac.String()], mac, true
+}
+
+// OpenSession returns the copy-on-write session for an NBD export name,
+// which is a boot token, if the client at peer may have it: the token must
+// be its board's current boot and peer the address that boot started at.
+// Anything else is fs.ErrNotExist, so that nobody learns which tokens
+// exist.
+func (l *Lab) OpenSession(ctx context.Context, export string, peer netip.Addr) (*cow.Session, BootRecord, error) {
+	notExist := fmt.Errorf("export %q for %s: %w", export, peer, fs.ErrNotExist)
+	rec, err := l.store.BootByToken(ctx, export)
+	if err != nil {
+		return nil, BootRecord{}, notExist
+	}
+	if rec.Identify || rec.IP != peer.Unmap() {
+		l.log.Warn("NBD export refused: wrong address", "board", rec.Board, "peer", peer.String(), "ip", rec.IP.String())
+		return nil, BootRecord{}, notExist
+	}
+	cur, err := l.store.CurrentBoot(ctx, rec.Board)
+	if err != nil || cur.ID != rec.ID {
+		l.log.Warn("NBD export refused: boot is over", "board", rec.Board, "boot", rec.ID, "peer", peer.String())
+		return nil, BootRecord{}, notExist
+	}
+	img, ok := l.images[rec.Image]
+	if !ok {
+		return nil, BootRecord{}, fmt.Errorf("boot %d of %s: image %q no longer configured", rec.ID, rec.Board, rec.Image)
+	}
+	s, err := l.sessions.Open(rec.Session, img, cow.SessionSpec{Owner: rec.Board, Image: rec.Image})
+	if err != nil {
+		return nil, BootRecord{}, err
+	}
+	l.event(ctx, rec.ID, Event{Kind: "nbd", Name: "attach", Status: "ok"})
+	return s, rec, nil
+}
+
+// event appends to a boot's timeline, logging failures.
+func (l *Lab) event(ctx context.Context, bootID int64, e Event) {
+	e.BootID = bootID
+	if e.Time.IsZero() {
+		e.Time = l.now()
+	}
+	if err := l.store.AddEvent(ctx, e); err != nil {
+		l.log.Error("recording boot event", "boot", bootID, "err", err)
+	}
+}
+
+// currentBootAt returns the current boot of the board at ip, if any.
+func (l *Lab) currentBootAt(ctx context.Context, ip netip.Addr) (BootRecord, bool) {
+	b, _, ok := l.boardAt(ip)
+	if !ok || b == nil {
+		return BootRecord{}, false
+	}
+	rec, err := l.store.CurrentBoot(ctx, b.Name)
+	if err != nil || rec.IP != ip.Unmap() {
+		return BootRecord{}, false
+	}
+	return rec, true
+}
+
+// Transfer records a file served to peer (over TFTP or HTTP) in the
+// timeline of its board's current boot.
+func (l *Lab) Transfer(ctx context.Context, kind, file string, peer netip.Addr, bytes int64, dur time.Duration, err error) {
+	rec, ok := l.currentBootAt(ctx, peer)
+	if !ok {
+		return
+	}
+	e := Event{Kind: kind, Name: file, Status: "ok", Bytes: bytes, Duration: dur}
+	if err != nil {
+		e.Status, e.Error = "failed", err.Error()
+	}
+	l.event(ctx, rec.ID, e)
+}
+
+// Step is a boot step the initramfs or agent reports.
+type Step struct {
+	Name     string        `json:"step"`
+	Status   string        `json:"status"` // running, ok, failed
+	Duration time.Duration `json:"duration_ns"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// ErrBadToken is returned by Report for a token that isn't the current
+// boot of the board at the reporting address.
+var ErrBadToken = errors.New("not the current boot")
+
+// Report records a boot step reported with token from peer.
+func (l *Lab) Report(ctx context.Context, token string, peer netip.Addr, s Step) error {
+	rec, err := l.store.BootByToken(ctx, token)
+	if err != nil || rec.IP != peer.Unmap() {
+		return fmt.Errorf("report from %s: %w", peer, ErrBadToken)
+	}
+	if !rec.Identify {
+		if cur, err := l.store.CurrentBoot(ctx, rec.Board); err != nil || cur.ID != rec.ID {
+			return fmt.Errorf("report for boot %d of %s: %w", rec.ID, rec.Board, ErrBadToken)
+		}
+	}
+	if len(s.Name) > 64 || len(s.Status) > 16 || len(s.Error) > 4096 {
+		return fmt.Errorf("report from %s: oversized fields: %w", peer, fs.ErrInvalid)
+	}
+	log := l.log.With("board", rec.Board, "boot", rec.ID)
+	if s.Status == "failed" {
+		log.Warn("boot step failed", "step", s.Name, "err", s.Error)
+	} else {
+		log.Info("boot step", "step", s.Name, "status", s.Status, "dur", s.Duration)
+	}
+	l.event(ctx, rec.ID, Event{Kind: "step", Name: s.Name, Status: s.Status, Duration: s.Duration, Error: s.Error})
+	return nil
+}
+
+// File is a boot file: static from the tree or generated for one board.
+type File struct {
+	io.ReadSeeker
+	io.Closer
+	Size    int64
+	ModTime time.Time
+}
+
+func memFile(b []byte, t time.Time) *File {
+	return &File{ReadSeeker: bytes.NewReader(b), Closer: io.NopCloser(nil), Size: int64(len(b)), ModTime: t}
+}
+
+// OpenFile returns the boot file at path (clean, slash-separated, relative)
+// for the machine at peer: a generated boot config, iPXE script or U-Boot
+// script, or a file of the static tree. Errors wrap fs.ErrNotExist or
+// fs.ErrPermission.
+func (l *Lab) OpenFile(ctx context.Context, path string, peer netip.Addr) (*File, error) {
+	switch {
+	case strings.HasPrefix(path, "pxelinux.cfg/"):
+		b, err := l.pxelinuxConfig(ctx, strings.TrimPrefix(path, "pxelinux.cfg/"), peer)
+		if err != nil {
+			return nil, err
+		}
+		return memFile(b, l.now()), nil
+	case path == ubootScriptName:
+		return memFile(ubootScript(), time.Unix(0, 0)), nil
+	case path == ipxeScriptName:
+		b, err := l.ipxeScript(ctx, peer)
+		if err != nil {
+			return nil, err
+		}
+		return memFile(b, l.now()), nil
+	}
+	if l.tree == nil {
+		return nil, fmt.Errorf("%s: no boot tree: %w", path, fs.ErrNotExist)
+	}
+	f, err := l.tree.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		// Escapes from the tree (.., symlinks out) and the like.
+		return nil, fmt.Errorf("%s: %w: %w", path, fs.ErrPermission, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: not a regular file: %w", path, fs.ErrNotExist)
+	}
+	return &File{ReadSeeker: f, Closer: f, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}

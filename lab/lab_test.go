@@ -1,0 +1,385 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rackboot/rackboot/nbd/cow"
+)
+
+var (
+	macA = mustMAC("52:54:00:00:00:0a")
+	macB = mustMAC("52:54:00:00:00:0b")
+	macU = mustMAC("52:54:00:00:00:99")
+	ipA  = netip.MustParseAddr("10.9.0.10")
+	ipB  = netip.MustParseAddr("10.9.0.11")
+	ipU  = netip.MustParseAddr("10.9.0.99")
+)
+
+func mustMAC(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// neighbors maps addresses to MACs, as DHCP leases would.
+type neighbors map[netip.Addr]net.HardwareAddr
+
+func (n neighbors) MACFor(ip netip.Addr) (net.HardwareAddr, bool) {
+	m, ok := n[ip]
+	return m, ok
+}
+
+type env struct {
+	dir      string
+	lab      *Lab
+	store    *SQLite
+	sessions *cow.Store
+	image    *cow.Image
+	cfg      Config
+}
+
+func newEnv(t *testing.T, unknown UnknownPolicy) *env {
+	t.Helper()
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "tree", "amd64"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tree", "amd64", "vmlinuz"), []byte("kernel"), 0o644)
+	os.WriteFile(filepath.Join(dir, "secret"), []byte("outside"), 0o644)
+	os.Symlink("../secret", filepath.Join(dir, "tree", "escape"))
+	imgPath := filepath.Join(dir, "minimal.img")
+	os.WriteFile(imgPath, bytes.Repeat([]byte("master!!"), 8192), 0o444)
+	e := &env{dir: dir, cfg: Config{
+		Address: netip.MustParseAddr("10.9.0.1"), NBDPort: 10809, HTTPPort: 8080,
+		Boards: []Board{
+			{Name: "board-a", MAC: macA, Arch: AMD64, IP: ipA, Image: "minimal", BuildDisk: "largest", Cmdline: "quiet=no"},
+			{Name: "board-b", MAC: macB, Arch: AMD64, Image: "minimal"},
+		},
+		Kernels: map[Arch]KernelFiles{AMD64: {Kernel: "amd64/vmlinuz", Initrd: "amd64/initrd.img"}},
+		Unknown: unknown,
+	}}
+	img, err := cow.OpenImage(imgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.image = img
+	t.Cleanup(func() { img.Close() })
+	e.open(t)
+	return e
+}
+
+// open (re)starts the lab on the state directory, as a rackboot restart.
+func (e *env) open(t *testing.T) {
+	t.Helper()
+	if e.store != nil {
+		e.store.Close()
+		e.sessions.Close()
+	}
+	ctx := t.Context()
+	var err error
+	e.store, err = OpenSQLite(ctx, filepath.Join(e.dir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.sessions, err = cow.OpenStore(e.dir, cow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := os.OpenRoot(filepath.Join(e.dir, "tree"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tree.Close() })
+	e.lab, err = New(ctx, e.cfg, Options{
+		Store: e.store, Sessions: e.sessions, Images: map[string]*cow.Image{"minimal": e.image},
+		Tree: tree, Neighbors: neighbors{ipA: macA, ipB: macB, ipU: macU},
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.store.Close()
+		e.sessions.Close()
+	})
+}
+
+func (e *env) fetch(t *testing.T, path string, peer netip.Addr) (string, error) {
+	t.Helper()
+	f, err := e.lab.OpenFile(t.Context(), path, peer)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(b)) != f.Size {
+		t.Errorf("%s: size %d, read %d bytes", path, f.Size, len(b))
+	}
+	return string(b), nil
+}
+
+var tokenRE = regexp.MustCompile(`rackboot\.token=([0-9a-f]{32})`)
+
+func token(t *testing.T, config string) string {
+	t.Helper()
+	m := tokenRE.FindStringSubmatch(config)
+	if m == nil {
+		t.Fatalf("no token in config:\n%s", config)
+	}
+	return m[1]
+}
+
+func TestBootConfigOnlyForOwnMAC(t *testing.T) {
+	e := newEnv(t, UnknownIgnore)
+	cfg, err := e.fetch(t, "pxelinux.cfg/01-52-54-00-00-00-0a", ipA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"KERNEL amd64/vmlinuz", "INITRD amd64/initrd.img", "IPAPPEND 2", "console=ttyS0,115200",
+		"rackboot.board=board-a", "rackboot.server=10.9.0.1", "rackboot.disk=largest", "quiet=no",
+		"rackboot.nbd=nbd://10.9.0.1:10809/" + token(t, cfg),
+	} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("config lacks %q:\n%s", want, cfg)
+		}
+	}
+	// Board B asking for A's config by MAC: refused.
+	if _, err := e.fetch(t, "pxelinux.cfg/01-52-54-00-00-00-0a", ipB); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("A's config fetched from B's address: %v; want fs.ErrNotExist", err)
+	}
+	// An address nobody leased: refused.
+	if _, err := e.fetch(t, "pxelinux.cfg/default", netip.MustParseAddr("10.9.0.200")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("config for an unleased address: %v; want fs.ErrNotExist", err)
+	}
+	// The fallbacks give each board its own config.
+	for _, name := range []string{"0A09000B", "0A0900", "default", "default-arm-virt", "d9b2ba6c-3e1f-4a1a-9c9e-9d0b3e5c7a11"} {
+		cfg, err := e.fetch(t, "pxelinux.cfg/"+name, ipB)
+		if err != nil || !strings.Contains(cfg, "rackboot.board=board-b") {
+			t.Errorf("pxelinux.cfg/%s from B: %v\n%s", name, err, cfg)
+		}
+	}
+	if _, err := e.fetch(t, "pxelinux.cfg/../../etc", ipB); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("odd config name: %v; want fs.ErrNotExist", err)
+	}
+}
+
+func TestBootSessionLifecycle(t *testing.T) {
+	e := newEnv(t, UnknownIgnore)
+	ctx := t.Context()
+	cfg1, err := e.fetch(t, "pxelinux.cfg/01-52-54-00-00-00-0a", ipA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok1 := token(t, cfg1)
+	s, rec, err := e.lab.OpenSession(ctx, tok1, ipA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Board != "board-a" {
+		t.Errorf("session of board %q", rec.Board)
+	}
+	if _, err := s.WriteAt([]byte("boot one was here"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	// Another board can't attach A's layer, even with the token.
+	if _, _, err := e.lab.OpenSession(ctx, tok1, ipB); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("A's session from B's address: %v; want fs.ErrNotExist", err)
+	}
+	if _, _, err := e.lab.OpenSession(ctx, "not-a-token", ipA); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("made-up export: %v; want fs.ErrNotExist", err)
+	}
+
+	// A restart of rackboot: the boot and its layer are still there.
+	e.open(t)
+	s, _, err = e.lab.OpenSession(ctx, tok1, ipA)
+	if err != nil {
+		t.Fatalf("session after restart: %v", err)
+	}
+	got := make([]byte, 17)
+	s.ReadAt(got, 0)
+	if string(got) != "boot one was here" {
+		t.Errorf("session after restart reads %q", got)
+	}
+	s.Close()
+
+	// The next boot: a new token, the old one dead, the old layer gone.
+	cfg2, err := e.fetch(t, "pxelinux.cfg/01-52-54-00-00-00-0a", ipA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok2 := token(t, cfg2)
+	if tok2 == tok1 {
+		t.Fatal("a new boot reused the token")
+	}
+	if _, _, err := e.lab.OpenSession(ctx, tok1, ipA); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("previous boot's export: %v; want fs.ErrNotExist", err)
+	}
+	sessions, _ := e.sessions.List()
+	for _, si := range sessions {
+		if si.Owner == "board-a" {
+			t.Errorf("previous boot's layer %s still on disk", si.Name)
+		}
+	}
+	s, _, err = e.lab.OpenSession(ctx, tok2, ipA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.ReadAt(got, 0)
+	if string(got) != "master!!master!!m" {
+		t.Errorf("new boot reads %q; want the pristine image", got)
+	}
+}
+
+func TestReport(t *testing.T) {
+	e := newEnv(t, UnknownIgnore)
+	ctx := t.Context()
+	cfg, _ := e.fetch(t, "pxelinux.cfg/default", ipA)
+	tok := token(t, cfg)
+	step := Step{Name: "nbd-attach", Status: "ok", Duration: 1500 * time.Millisecond}
+	if err := e.lab.Report(ctx, tok, ipA, step); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.lab.Report(ctx, tok, ipB, step); !errors.Is(err, ErrBadToken) {
+		t.Errorf("report from another address: %v; want ErrBadToken", err)
+	}
+	if err := e.lab.Report(ctx, "0123", ipA, step); !errors.Is(err, ErrBadToken) {
+		t.Errorf("report with a bad token: %v; want ErrBadToken", err)
+	}
+	e.lab.Transfer(ctx, "tftp", "amd64/vmlinuz", ipA, 6, time.Millisecond, nil)
+	rec, _ := e.store.BootByToken(ctx, tok)
+	events, err := e.store.Events(ctx, rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, ev := range events {
+		kinds = append(kinds, ev.Kind+":"+ev.Name)
+	}
+	if want := "config:pxelinux.cfg/default step:nbd-attach tftp:amd64/vmlinuz"; strings.Join(kinds, " ") != want {
+		t.Errorf("timeline %v; want %s", kinds, want)
+	}
+}
+
+func TestUnknownMachines(t *testing.T) {
+	for _, policy := range []UnknownPolicy{UnknownIgnore, UnknownIdentify} {
+		t.Run(string(policy), func(t *testing.T) {
+			e := newEnv(t, policy)
+			ctx := t.Context()
+			a := e.lab.DHCP(ctx, DHCPClient{MAC: macU, Firmware: "bios", Arch: "0"})
+			if a.IP.IsValid() || a.Hostname != "" {
+				t.Errorf("unknown machine got %+v", a)
+			}
+			if (a.BootFile != "") != (policy == UnknownIdentify) {
+				t.Errorf("unknown machine boot file %q under policy %s", a.BootFile, policy)
+			}
+			unknown, err := e.store.Unknown(ctx)
+			if err != nil || len(unknown) != 1 || unknown[0].MAC.String() != macU.String() || unknown[0].Firmware != "bios" {
+				t.Errorf("unknown machines %+v, %v; want the one that asked", unknown, err)
+			}
+			cfg, err := e.fetch(t, "pxelinux.cfg/default", ipU)
+			if policy == UnknownIgnore {
+				if !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("boot config for an unknown machine: %v", err)
+				}
+				return
+			}
+			if err != nil || !strings.Contains(cfg, "rackboot.mode=identify") || strings.Contains(cfg, "rackboot.nbd") {
+				t.Fatalf("identify config: %v\n%s", err, cfg)
+			}
+			// It can report, but never attach a root.
+			tok := token(t, cfg)
+			if err := e.lab.Report(ctx, tok, ipU, Step{Name: "identify", Status: "ok"}); err != nil {
+				t.Errorf("identify report: %v", err)
+			}
+			if _, _, err := e.lab.OpenSession(ctx, tok, ipU); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("identify boot opened a session: %v", err)
+			}
+		})
+	}
+}
+
+func TestDHCPDecisions(t *testing.T) {
+	e := newEnv(t, UnknownIgnore)
+	tests := map[string]struct {
+		c    DHCPClient
+		want DHCPAnswer
+	}{
+		"bios":        {DHCPClient{MAC: macA, Firmware: "bios"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "lpxelinux.0"}},
+		"ipxe":        {DHCPClient{MAC: macA, Firmware: "ipxe"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "http://10.9.0.1:8080/ipxe/boot.ipxe"}},
+		"efi":         {DHCPClient{MAC: macB, Firmware: "efi-x64"}, DHCPAnswer{Hostname: "board-b", BootFile: "ipxe.efi"}},
+		"uboot":       {DHCPClient{MAC: macB, Firmware: "uboot"}, DHCPAnswer{Hostname: "board-b", BootFile: "boot.scr.uimg"}},
+		"initramfs":   {DHCPClient{MAC: macA, Firmware: "initramfs"}, DHCPAnswer{IP: ipA, Hostname: "board-a"}},
+		"unknown os":  {DHCPClient{MAC: macU, Firmware: "os"}, DHCPAnswer{}},
+		"unknown pxe": {DHCPClient{MAC: macU, Firmware: "bios"}, DHCPAnswer{}},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := e.lab.DHCP(t.Context(), tt.c); got != tt.want {
+				t.Errorf("DHCP(%+v) = %+v; want %+v", tt.c, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTreeFiles(t *testing.T) {
+	e := newEnv(t, UnknownIgnore)
+	if got, err := e.fetch(t, "amd64/vmlinuz", ipA); err != nil || got != "kernel" {
+		t.Errorf("amd64/vmlinuz = %q, %v", got, err)
+	}
+	for _, p := range []string{"escape", "../secret", "amd64", "nope"} {
+		if _, err := e.fetch(t, p, ipA); err == nil {
+			t.Errorf("%s served; want refused", p)
+		}
+	}
+	if got, err := e.fetch(t, "boot.scr.uimg", ipA); err != nil || !strings.Contains(got, "pxe get && pxe boot") {
+		t.Errorf("boot.scr.uimg = %q, %v", got, err)
+	}
+}
+
+func TestIPXEScript(t *testing.T) {
+	e := newEnv(t, UnknownIgnore)
+	got, err := e.fetch(t, "ipxe/boot.ipxe", ipB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"#!ipxe", "kernel http://10.9.0.1:8080/amd64/vmlinuz initrd=initrd", "rackboot.board=board-b",
+		"BOOTIF=01-${netX/mac:hexhyp}", "initrd --name initrd http://10.9.0.1:8080/amd64/initrd.img", "boot"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("iPXE script lacks %q:\n%s", want, got)
+		}
+	}
+}
+
+func TestSchemaMigrations(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.db.Exec(`INSERT INTO schema_migrations (version, applied_ns) VALUES (999, 0)`)
+	s.Close()
+	if _, err := OpenSQLite(ctx, path); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Errorf("opening a database from a newer rackboot: %v; want a refusal", err)
+	}
+}
