@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,7 +28,20 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultMaxConnections is the default for [NBD.MaxConnections].
 	DefaultMaxConnections = 1024
+	// DefaultDHCPMode is the default for [DHCP.Mode]: no DHCP server.
+	DefaultDHCPMode = "off"
+	// DefaultLeaseTime is the default for [DHCP.LeaseTime].
+	DefaultLeaseTime = time.Hour
+	// DefaultTFTPListen is the default for [TFTP.Listen].
+	DefaultTFTPListen = ":69"
+	// DefaultHTTPListen is the default for [HTTP.Listen].
+	DefaultHTTPListen = ":8080"
+	// DefaultUnknownBoards is the default for [Boot.UnknownBoards].
+	DefaultUnknownBoards = "ignore"
 )
+
+// Arches are the board architectures rackboot boots.
+var Arches = []string{"amd64", "arm64", "armhf"}
 
 // Config is rackboot's configuration, as read from its YAML file by [Load]
 // or [Parse]. A Config returned by them is valid and has its defaults
@@ -44,6 +60,20 @@ type Config struct {
 	NBD NBD `yaml:"nbd"`
 	// Images are the base images that boards can boot.
 	Images []Image `yaml:"images"`
+	// Address is the appliance's IPv4 address as boards reach it, used in
+	// the boot configs and command lines it generates. Default: the first
+	// address of the first DHCP interface.
+	Address netip.Addr `yaml:"address"`
+	// DHCP configures the DHCP server.
+	DHCP DHCP `yaml:"dhcp"`
+	// TFTP configures the TFTP server.
+	TFTP TFTP `yaml:"tftp"`
+	// HTTP configures the HTTP server (boot files, iPXE scripts, reports).
+	HTTP HTTP `yaml:"http"`
+	// Boot says what boards boot.
+	Boot Boot `yaml:"boot"`
+	// Boards is the inventory.
+	Boards []Board `yaml:"boards"`
 
 	file  string         // file name for errors
 	lines map[string]int // field path ("images[1].name") → line in file
@@ -76,6 +106,91 @@ type Image struct {
 	Path string `yaml:"path"`
 }
 
+// DHCP configures the DHCP server.
+type DHCP struct {
+	// Mode is full (addresses and boot info), proxy (boot info only, for
+	// networks with their own DHCP server) or off. Default off.
+	Mode string `yaml:"mode"`
+	// Interfaces are the boot network interfaces to serve on. Required
+	// unless Mode is off.
+	Interfaces []string `yaml:"interfaces"`
+	// RangeStart and RangeEnd bound the dynamic pool (full mode) for
+	// machines without a fixed address. Required in full mode.
+	RangeStart netip.Addr `yaml:"range_start"`
+	RangeEnd   netip.Addr `yaml:"range_end"`
+	// Router and DNS are handed to clients (options 3 and 6).
+	Router netip.Addr   `yaml:"router"`
+	DNS    []netip.Addr `yaml:"dns"`
+	// LeaseTime is the lease duration (full mode). Default 1h.
+	LeaseTime time.Duration `yaml:"lease_time"`
+	// Probe makes full mode refuse to start when another DHCP server
+	// answers on an interface. Default true.
+	Probe *bool `yaml:"probe"`
+}
+
+// TFTP configures the TFTP server.
+type TFTP struct {
+	// Listen is host:port, default ":69". Empty string "off" disables it.
+	Listen string `yaml:"listen"`
+}
+
+// HTTP configures the HTTP server.
+type HTTP struct {
+	// Listen is host:port, default ":8080".
+	Listen string `yaml:"listen"`
+}
+
+// Boot says what boards boot.
+type Boot struct {
+	// Tree is the boot tree directory: bootloaders (pxelinux, iPXE),
+	// kernels and initramfs images, served read-only over TFTP and HTTP.
+	// Required when there are boards.
+	Tree string `yaml:"tree"`
+	// Kernels maps an architecture (amd64, arm64, armhf) to the kernel and
+	// initramfs its boards boot, as paths inside Tree.
+	Kernels map[string]Kernel `yaml:"kernels"`
+	// Cmdline is appended to every board's kernel command line.
+	Cmdline string `yaml:"cmdline"`
+	// UnknownBoards is what machines outside the inventory get when they
+	// network-boot: ignore (recorded, nothing booted) or identify (booted
+	// into the initramfs to report themselves and power off). Default
+	// ignore.
+	UnknownBoards string `yaml:"unknown_boards"`
+}
+
+// Kernel is the kernel and initramfs of an architecture.
+type Kernel struct {
+	Kernel string `yaml:"kernel"`
+	Initrd string `yaml:"initrd"`
+}
+
+// Board is a board of the inventory.
+type Board struct {
+	// Name is 1-63 of [A-Za-z0-9._-], starting with a letter or digit.
+	Name string `yaml:"name"`
+	// MAC is the boot interface's hardware address.
+	MAC string `yaml:"mac"`
+	// Arch is amd64, arm64 or armhf.
+	Arch string `yaml:"arch"`
+	// IP is an optional fixed address (full DHCP mode).
+	IP netip.Addr `yaml:"ip"`
+	// Image names the image the board boots.
+	Image string `yaml:"image"`
+	// Cmdline holds extra kernel command-line arguments.
+	Cmdline string `yaml:"cmdline"`
+	// BuildDisk selects the build disk for the initramfs: "largest",
+	// "by-id:NAME", "by-path:PATH", "serial:SERIAL" or "none".
+	BuildDisk string `yaml:"build_disk"`
+	// Console overrides the kernel console (default by arch).
+	Console string `yaml:"console"`
+}
+
+// HardwareAddr returns the board's MAC; it is valid after Load.
+func (b Board) HardwareAddr() net.HardwareAddr {
+	m, _ := net.ParseMAC(b.MAC)
+	return m
+}
+
 // defaults returns a Config holding the default of every field; the file
 // is decoded on top of it.
 func defaults() *Config {
@@ -86,6 +201,10 @@ func defaults() *Config {
 			DrainTimeout:   DefaultDrainTimeout,
 			MaxConnections: DefaultMaxConnections,
 		},
+		DHCP: DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
+		TFTP: TFTP{Listen: DefaultTFTPListen},
+		HTTP: HTTP{Listen: DefaultHTTPListen},
+		Boot: Boot{UnknownBoards: DefaultUnknownBoards},
 	}
 }
 
@@ -187,6 +306,145 @@ func (c *Config) validate(l *errorList, dir string) {
 			img.Path = resolve(dir, img.Path)
 		}
 	}
+	c.validateBoot(l, dir, names)
+}
+
+var boardName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// validateBoot checks the boot-serving sections and the inventory.
+func (c *Config) validateBoot(l *errorList, dir string, images map[string]string) {
+	d := &c.DHCP
+	switch d.Mode {
+	case "off":
+	case "full", "proxy":
+		if len(d.Interfaces) == 0 {
+			l.addf("dhcp.interfaces", "required in %s mode", d.Mode)
+		}
+	default:
+		l.addf("dhcp.mode", "invalid mode %q (want full, proxy or off)", d.Mode)
+	}
+	if d.Mode == "full" {
+		switch {
+		case !d.RangeStart.IsValid():
+			l.addf("dhcp.range_start", "required in full mode")
+		case !d.RangeStart.Is4():
+			l.addf("dhcp.range_start", "%s is not an IPv4 address", d.RangeStart)
+		}
+		switch {
+		case !d.RangeEnd.IsValid():
+			l.addf("dhcp.range_end", "required in full mode")
+		case !d.RangeEnd.Is4():
+			l.addf("dhcp.range_end", "%s is not an IPv4 address", d.RangeEnd)
+		case d.RangeStart.IsValid() && d.RangeEnd.Less(d.RangeStart):
+			l.addf("dhcp.range_end", "%s is below range_start %s", d.RangeEnd, d.RangeStart)
+		}
+	}
+	if d.LeaseTime < time.Minute {
+		l.addf("dhcp.lease_time", "must be at least 1m, got %v", d.LeaseTime)
+	}
+	if c.TFTP.Listen != "off" {
+		if err := checkListen(c.TFTP.Listen); err != nil {
+			l.add("tftp.listen", err)
+		}
+	}
+	if err := checkListen(c.HTTP.Listen); err != nil {
+		l.add("http.listen", err)
+	}
+	if c.Address.IsValid() && !c.Address.Is4() {
+		l.addf("address", "%s is not an IPv4 address", c.Address)
+	}
+	if c.Address.IsValid() && c.Address.IsUnspecified() {
+		l.addf("address", "%s is not an address boards can reach", c.Address)
+	}
+
+	b := &c.Boot
+	if b.Tree != "" {
+		b.Tree = resolve(dir, b.Tree)
+	} else if len(c.Boards) > 0 {
+		l.addf("boot.tree", "required when boards are configured")
+	}
+	for _, arch := range slices.Sorted(maps.Keys(b.Kernels)) {
+		k := b.Kernels[arch]
+		p := fmt.Sprintf("boot.kernels[%q]", arch)
+		if !slices.Contains(Arches, arch) {
+			l.addf(p, "unknown architecture %q (want %s)", arch, strings.Join(Arches, ", "))
+		}
+		if k.Kernel == "" {
+			l.addf(p+".kernel", "required")
+		}
+		if k.Initrd == "" {
+			l.addf(p+".initrd", "required")
+		}
+	}
+	if b.UnknownBoards != "ignore" && b.UnknownBoards != "identify" {
+		l.addf("boot.unknown_boards", "invalid policy %q (want ignore or identify)", b.UnknownBoards)
+	}
+
+	names, macs, ips := map[string]string{}, map[string]string{}, map[netip.Addr]string{}
+	for i := range c.Boards {
+		bd := &c.Boards[i]
+		p := fmt.Sprintf("boards[%d]", i)
+		switch {
+		case bd.Name == "":
+			l.addf(p+".name", "required")
+		case !boardName.MatchString(bd.Name):
+			l.addf(p+".name", "invalid board name %q: want 1-63 of [A-Za-z0-9._-], starting with a letter or digit", bd.Name)
+		default:
+			if first, dup := names[bd.Name]; dup {
+				l.addf(p+".name", "duplicate board name %q (first at line %d)", bd.Name, l.lineOf(first))
+			}
+			names[bd.Name] = p + ".name"
+		}
+		if bd.MAC == "" {
+			l.addf(p+".mac", "required")
+		} else if m, err := net.ParseMAC(bd.MAC); err != nil || len(m) != 6 {
+			l.addf(p+".mac", "invalid MAC %q (want six hex pairs like 52:54:00:12:34:56)", bd.MAC)
+		} else {
+			bd.MAC = m.String()
+			if first, dup := macs[bd.MAC]; dup {
+				l.addf(p+".mac", "MAC %s already belongs to the board at line %d", bd.MAC, l.lineOf(first))
+			}
+			macs[bd.MAC] = p + ".mac"
+		}
+		switch {
+		case bd.Arch == "":
+			l.addf(p+".arch", "required")
+		case !slices.Contains(Arches, bd.Arch):
+			l.addf(p+".arch", "unknown architecture %q (want %s)", bd.Arch, strings.Join(Arches, ", "))
+		default:
+			if _, ok := b.Kernels[bd.Arch]; !ok {
+				l.addf(p+".arch", "no boot.kernels entry for %s", bd.Arch)
+			}
+		}
+		if bd.IP.IsValid() {
+			if !bd.IP.Is4() {
+				l.addf(p+".ip", "%s is not an IPv4 address", bd.IP)
+			} else if first, dup := ips[bd.IP]; dup {
+				l.addf(p+".ip", "address %s already belongs to the board at line %d", bd.IP, l.lineOf(first))
+			} else if d.Mode == "full" && d.RangeStart.IsValid() && d.RangeEnd.IsValid() &&
+				!bd.IP.Less(d.RangeStart) && !d.RangeEnd.Less(bd.IP) {
+				l.addf(p+".ip", "fixed address %s is inside the dynamic range %s-%s", bd.IP, d.RangeStart, d.RangeEnd)
+			}
+			ips[bd.IP] = p + ".ip"
+		}
+		switch {
+		case bd.Image == "":
+			l.addf(p+".image", "required")
+		case images[bd.Image] == "":
+			l.addf(p+".image", "unknown image %q", bd.Image)
+		}
+		if bd.BuildDisk != "" && !validDiskSelector(bd.BuildDisk) {
+			l.addf(p+".build_disk", "invalid selector %q (want largest, none, by-id:NAME, by-path:PATH or serial:SERIAL)", bd.BuildDisk)
+		}
+	}
+}
+
+func validDiskSelector(s string) bool {
+	if s == "largest" || s == "none" {
+		return true
+	}
+	kind, val, ok := strings.Cut(s, ":")
+	return ok && val != "" && !strings.ContainsAny(val, " \t") && (kind == "by-id" || kind == "by-path" || kind == "serial")
 }
 
 // resolve joins a relative path to dir.
@@ -254,6 +512,13 @@ func (c *Config) Level() slog.Level {
 // and the errors wrap the [fs.PathError]s from [os.Stat].
 func (c *Config) CheckFiles() error {
 	l := &errorList{file: c.file, lines: c.lines}
+	if c.Boot.Tree != "" {
+		if fi, err := os.Stat(c.Boot.Tree); err != nil {
+			l.add("boot.tree", err)
+		} else if !fi.IsDir() {
+			l.addf("boot.tree", "%s is not a directory", c.Boot.Tree)
+		}
+	}
 	for i, img := range c.Images {
 		p := fmt.Sprintf("images[%d].path", i)
 		fi, err := os.Stat(img.Path)

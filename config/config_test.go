@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,7 +24,7 @@ func withDefaults(stateDir string, images ...Image) *Config {
 	return c
 }
 
-var ignoreUnexported = cmpopts.IgnoreUnexported(Config{})
+var ignoreUnexported = cmp.Options{cmpopts.IgnoreUnexported(Config{}), cmpopts.EquateComparable(netip.Addr{})}
 
 func TestParse(t *testing.T) {
 	t.Parallel()
@@ -60,23 +61,22 @@ images:
     path: /srv/minimal.img
   - {name: Debian-12.5_arm64, path: /srv/debian.img}
 `,
-			want: &Config{
-				StateDir: "/var/lib/rackboot",
-				LogLevel: "debug",
-				NBD:      NBD{Listen: "127.0.0.1:0", DrainTimeout: 90 * time.Second, MaxConnections: 1000},
-				Images: []Image{
-					{Name: "minimal", Path: "/srv/minimal.img"},
-					{Name: "Debian-12.5_arm64", Path: "/srv/debian.img"},
-				},
-			},
+			want: func() *Config {
+				c := withDefaults("/var/lib/rackboot",
+					Image{Name: "minimal", Path: "/srv/minimal.img"},
+					Image{Name: "Debian-12.5_arm64", Path: "/srv/debian.img"})
+				c.LogLevel = "debug"
+				c.NBD = NBD{Listen: "127.0.0.1:0", DrainTimeout: 90 * time.Second, MaxConnections: 1000}
+				return c
+			}(),
 		},
 		"IPv6 listen and hex integer": {
 			in: "state_dir: /s\nnbd: {listen: \"[::1]:10809\", max_connections: 0x10}\n",
-			want: &Config{
-				StateDir: "/s",
-				LogLevel: DefaultLogLevel,
-				NBD:      NBD{Listen: "[::1]:10809", DrainTimeout: DefaultDrainTimeout, MaxConnections: 16},
-			},
+			want: func() *Config {
+				c := withDefaults("/s")
+				c.NBD = NBD{Listen: "[::1]:10809", DrainTimeout: DefaultDrainTimeout, MaxConnections: 16}
+				return c
+			}(),
 		},
 		"numeric image name": {
 			in:   "state_dir: /s\nimages:\n  - name: 2024\n    path: /a\n",
@@ -124,6 +124,45 @@ func TestParseErrors(t *testing.T) {
 			in:   "",
 			want: []string{"t.yaml: state_dir: required"},
 		},
+		"boards": {
+			in: `state_dir: /s
+images: [{name: min, path: /m}]
+dhcp: {mode: full, interfaces: [eth1], range_start: 10.0.0.100, range_end: 10.0.0.50}
+boot:
+  tree: /b
+  kernels: {amd64: {kernel: k}, sparc: {kernel: k, initrd: i}}
+  unknown_boards: boot-them-all
+boards:
+  - {name: a, mac: "52:54:00:00:00:01", arch: amd64, image: min}
+  - {name: a, mac: "52-54-00-00-00-01", arch: arm64, image: max, ip: 10.0.0.60}
+  - {name: "b c", mac: nonsense, arch: amd64, image: min, ip: 10.0.0.60, build_disk: "by-uuid:x"}
+  - {mac: "52:54:00:00:00:03", image: min}
+`,
+			want: []string{
+				"t.yaml:3: dhcp.range_end: 10.0.0.50 is below range_start 10.0.0.100",
+				`t.yaml:6: boot.kernels["amd64"].initrd: required`,
+				`t.yaml:6: boot.kernels["sparc"]: unknown architecture "sparc" (want amd64, arm64, armhf)`,
+				`t.yaml:7: boot.unknown_boards: invalid policy "boot-them-all" (want ignore or identify)`,
+				`t.yaml:10: boards[1].name: duplicate board name "a" (first at line 9)`,
+				"t.yaml:10: boards[1].mac: MAC 52:54:00:00:00:01 already belongs to the board at line 9",
+				"t.yaml:10: boards[1].arch: no boot.kernels entry for arm64",
+				`t.yaml:10: boards[1].image: unknown image "max"`,
+				`t.yaml:11: boards[2].name: invalid board name "b c": want 1-63 of [A-Za-z0-9._-], starting with a letter or digit`,
+				`t.yaml:11: boards[2].mac: invalid MAC "nonsense" (want six hex pairs like 52:54:00:12:34:56)`,
+				"t.yaml:11: boards[2].ip: address 10.0.0.60 already belongs to the board at line 10",
+				`t.yaml:11: boards[2].build_disk: invalid selector "by-uuid:x" (want largest, none, by-id:NAME, by-path:PATH or serial:SERIAL)`,
+				"t.yaml:12: boards[3].name: required",
+				"t.yaml:12: boards[3].arch: required",
+			},
+		},
+		"dhcp needs interfaces": {
+			in:   "state_dir: /s\ndhcp: {mode: proxy}\n",
+			want: []string{"t.yaml:2: dhcp.interfaces: required in proxy mode"},
+		},
+		"bad address": {
+			in:   "state_dir: /s\naddress: 10.0.0\n",
+			want: []string{`t.yaml:2: address: invalid value "10.0.0": ParseAddr("10.0.0"): IPv4 address too short`},
+		},
 		"only comments": {
 			in:   "# nothing\n",
 			want: []string{"t.yaml: state_dir: required"},
@@ -158,7 +197,7 @@ func TestParseErrors(t *testing.T) {
 		},
 		"unknown top-level field": {
 			in:   "state_dir: /s\nstatedir: /t\n",
-			want: []string{"t.yaml:2: statedir: unknown field (known: state_dir, log_level, nbd, images)"},
+			want: []string{"t.yaml:2: statedir: unknown field (known: state_dir, log_level, nbd, images, address, dhcp, tftp, http, boot, boards)"},
 		},
 		"unknown nested field": {
 			in:   "state_dir: /s\nnbd:\n  lisen: :1\n",
@@ -166,7 +205,7 @@ func TestParseErrors(t *testing.T) {
 		},
 		"unknown field with odd name": {
 			in:   "state_dir: /s\n\"a\\nb\": 1\n",
-			want: []string{`t.yaml:2: ["a\nb"]: unknown field (known: state_dir, log_level, nbd, images)`},
+			want: []string{`t.yaml:2: ["a\nb"]: unknown field (known: state_dir, log_level, nbd, images, address, dhcp, tftp, http, boot, boards)`},
 		},
 		"unknown field in list item": {
 			in:   "state_dir: /s\nimages:\n  - name: a\n    path: /a\n    size: 3\n",

@@ -5,8 +5,8 @@
 //
 // # Example
 //
-// Only state_dir is required. The values shown for log_level and nbd are the
-// defaults.
+// Only state_dir is required. The values shown for log_level, nbd, tftp and
+// http are the defaults.
 //
 //	# Directory for per-session write layers and other state. Required.
 //	# Relative paths here and below are resolved against this file's directory.
@@ -30,6 +30,49 @@
 //	    path: images/minimal.img
 //	  - name: debian-12
 //	    path: /srv/rackboot/debian-12.img
+//
+//	# The appliance's address as boards reach it. Default: the first address
+//	# of the first DHCP interface.
+//	address: 10.0.0.1
+//
+//	dhcp:
+//	  # full (addresses and boot info), proxy (boot info only, beside the
+//	  # site's own DHCP server) or off.
+//	  mode: full
+//	  interfaces: [eth1]
+//	  range_start: 10.0.0.100
+//	  range_end: 10.0.0.199
+//	  router: 10.0.0.1
+//	  dns: [10.0.0.1]
+//	  lease_time: 1h
+//
+//	tftp:
+//	  listen: ":69"
+//	http:
+//	  listen: ":8080"
+//
+//	boot:
+//	  # Bootloaders, kernels and initramfs images, served over TFTP and HTTP.
+//	  tree: /var/lib/rackboot/boot
+//	  kernels:
+//	    amd64: {kernel: amd64/vmlinuz, initrd: amd64/initramfs.cpio.gz}
+//	    arm64: {kernel: arm64/vmlinuz, initrd: arm64/initramfs.cpio.gz}
+//	  # What machines outside the inventory get: ignore or identify.
+//	  unknown_boards: ignore
+//
+//	# The inventory. A board boots its image with a fresh write layer each boot.
+//	boards:
+//	  - name: panda-01
+//	    mac: 52:54:00:00:01:01
+//	    arch: amd64
+//	    ip: 10.0.0.11
+//	    image: minimal
+//	    build_disk: largest
+//	  - name: rock-07
+//	    mac: 52:54:00:00:02:07
+//	    arch: arm64
+//	    image: debian-12
+//	    cmdline: loglevel=7
 //
 // # Strict decoding
 //
