@@ -7,13 +7,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rackboot/rackboot/config"
+	"github.com/rackboot/rackboot/lab"
 	"github.com/rackboot/rackboot/nbd"
-	"github.com/rackboot/rackboot/nbd/catalog"
 	"github.com/rackboot/rackboot/nbd/cow"
+	"github.com/rackboot/rackboot/web"
 )
 
 // runServe is `rackboot serve`: the appliance.
@@ -32,36 +38,48 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return serve(ctx, cfg, log)
 }
 
+// appliance is everything `serve` runs, wired together.
+type appliance struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	sessions *cow.Store
+	store    *lab.SQLite
+	images   map[string]*cow.Image
+	tree     *os.Root
+	lab      *lab.Lab
+	closers  []func() error
+}
+
+func (a *appliance) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		if err := a.closers[i](); err != nil {
+			a.log.Error("closing", "err", err)
+		}
+	}
+}
+
 // serve runs every server of the appliance until ctx is done, then shuts
 // them down cleanly: stop accepting, finish in-flight requests, sync the
 // write layers.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	store, err := cow.OpenStore(cfg.StateDir, cow.Options{})
-	if err != nil {
+	a := &appliance{cfg: cfg, log: log}
+	defer a.close()
+	if err := a.open(ctx); err != nil {
 		return err
 	}
-	defer store.Close()
-	var images []catalog.Image
-	for _, im := range cfg.Images {
-		images = append(images, catalog.Image{Name: im.Name, Path: im.Path})
-	}
-	cat, err := catalog.New(images, store)
-	if err != nil {
-		return err
-	}
-	defer cat.Close()
-	cat.Logger = log
-
+	g, ctx := errgroup.WithContext(ctx)
 	nbdSrv := &nbd.Server{
-		Resolver:       cat,
+		Resolver:       labResolver{lab: a.lab, images: a.images},
 		Logger:         log.With("srv", "nbd"),
 		MaxConnections: cfg.NBD.MaxConnections,
 		DrainTimeout:   cfg.NBD.DrainTimeout,
 	}
-	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return nbdSrv.ListenAndServe(ctx, cfg.NBD.Listen) })
-	log.Info("rackboot serving", "version", version, "nbd", cfg.NBD.Listen, "images", len(images), "state", cfg.StateDir)
-	err = g.Wait()
+	httpSrv := &web.Server{Lab: a.lab, Logger: log.With("srv", "http")}
+	g.Go(func() error { return httpSrv.ListenAndServe(ctx, cfg.HTTP.Listen) })
+	log.Info("rackboot serving", "version", version, "address", a.address().String(),
+		"nbd", cfg.NBD.Listen, "http", cfg.HTTP.Listen, "boards", len(cfg.Boards), "state", cfg.StateDir)
+	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
@@ -69,6 +87,152 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("rackboot stopped")
 	}
 	return err
+}
+
+// open opens the state and builds the lab.
+func (a *appliance) open(ctx context.Context) error {
+	cfg := a.cfg
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("creating state directory: %w", err)
+	}
+	sessions, err := cow.OpenStore(cfg.StateDir, cow.Options{})
+	if err != nil {
+		return err
+	}
+	a.sessions = sessions
+	a.closers = append(a.closers, sessions.Close)
+	store, err := lab.OpenSQLite(ctx, filepath.Join(cfg.StateDir, "rackboot.db"))
+	if err != nil {
+		return err
+	}
+	a.store = store
+	a.closers = append(a.closers, store.Close)
+	a.images = make(map[string]*cow.Image)
+	for _, im := range cfg.Images {
+		img, err := cow.OpenImage(im.Path)
+		if err != nil {
+			return fmt.Errorf("image %s: %w", im.Name, err)
+		}
+		a.images[im.Name] = img
+		a.closers = append(a.closers, img.Close)
+	}
+	if cfg.Boot.Tree != "" {
+		tree, err := os.OpenRoot(cfg.Boot.Tree)
+		if err != nil {
+			return fmt.Errorf("boot tree: %w", err)
+		}
+		a.tree = tree
+		a.closers = append(a.closers, tree.Close)
+	}
+	addr := a.address()
+	if !addr.IsValid() && len(cfg.Boards) > 0 {
+		return errors.New("no appliance address: set address, or dhcp.interfaces with an IPv4 address")
+	}
+	var boards []lab.Board
+	for _, b := range cfg.Boards {
+		boards = append(boards, lab.Board{
+			Name: b.Name, MAC: b.HardwareAddr(), Arch: lab.Arch(b.Arch), IP: b.IP, Image: b.Image,
+			Cmdline: b.Cmdline, BuildDisk: b.BuildDisk, Console: b.Console,
+		})
+	}
+	kernels := make(map[lab.Arch]lab.KernelFiles)
+	for arch, k := range cfg.Boot.Kernels {
+		kernels[lab.Arch(arch)] = lab.KernelFiles{Kernel: k.Kernel, Initrd: k.Initrd}
+	}
+	l, err := lab.New(ctx, lab.Config{
+		Address:  addr,
+		NBDPort:  listenPort(cfg.NBD.Listen),
+		HTTPPort: listenPort(cfg.HTTP.Listen),
+		Boards:   boards,
+		Kernels:  kernels,
+		Cmdline:  cfg.Boot.Cmdline,
+		Unknown:  lab.UnknownPolicy(cfg.Boot.UnknownBoards),
+	}, lab.Options{
+		Store: store, Sessions: sessions, Images: a.images, Tree: a.tree,
+		Neighbors: lab.KernelNeighbors(),
+		Logger:    a.log.With("srv", "lab"),
+	})
+	if err != nil {
+		return err
+	}
+	a.lab = l
+	return nil
+}
+
+// address is the appliance's address as boards reach it: the configured
+// one, or the first IPv4 address of the first DHCP interface.
+func (a *appliance) address() netip.Addr {
+	if a.cfg.Address.IsValid() {
+		return a.cfg.Address
+	}
+	for _, name := range a.cfg.DHCP.Interfaces {
+		if ip, _, err := interfaceIPv4(name); err == nil {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+// interfaceIPv4 returns an interface's first IPv4 address and its prefix.
+func interfaceIPv4(name string) (netip.Addr, netip.Prefix, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return netip.Addr{}, netip.Prefix{}, err
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, netip.Prefix{}, err
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().Is4() {
+				ones, _ := ipn.Mask.Size()
+				return ip.Unmap(), netip.PrefixFrom(ip.Unmap(), ones).Masked(), nil
+			}
+		}
+	}
+	return netip.Addr{}, netip.Prefix{}, fmt.Errorf("interface %s has no IPv4 address", name)
+}
+
+func listenPort(addr string) uint16 {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	var n uint16
+	fmt.Sscan(p, &n)
+	return n
+}
+
+// labResolver serves NBD for the lab: a boot's token opens its board's
+// session, from the board's address only; an image name opens the image
+// read-only (the masters are the same for everyone and never written).
+type labResolver struct {
+	lab    *lab.Lab
+	images map[string]*cow.Image
+}
+
+func (r labResolver) Open(ctx context.Context, name string, peer netip.AddrPort) (*nbd.Export, error) {
+	if img, ok := r.images[name]; ok && !strings.Contains(name, "@") {
+		return &nbd.Export{Name: name, Description: "image " + name + " (read-only)", Device: img, ReadOnly: true, MultiConn: true}, nil
+	}
+	s, rec, err := r.lab.OpenSession(ctx, name, peer.Addr())
+	if err != nil {
+		return nil, err
+	}
+	return &nbd.Export{
+		Name: name, Description: "root of " + rec.Board, Device: s, MultiConn: true,
+		Release: func() { s.Close() },
+	}, nil
+}
+
+// List shows the images only: boot tokens are capabilities.
+func (r labResolver) List(context.Context, netip.AddrPort) ([]nbd.ExportInfo, error) {
+	var out []nbd.ExportInfo
+	for name := range r.images {
+		out = append(out, nbd.ExportInfo{Name: name, Description: "image " + name + " (read-only)"})
+	}
+	return out, nil
 }
 
 // loadConfig reads and checks a configuration file, including that the
