@@ -62,8 +62,21 @@ type server struct {
 // connections.
 func startRackboot(t *testing.T, addr string, args ...string) *server {
 	t.Helper()
+	return startCommand(t, exec.Command(rackbootBin, args...), func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// startCommand starts a rackboot command and waits until ready reports
+// true.
+func startCommand(t *testing.T, cmd *exec.Cmd, ready func() bool) *server {
+	t.Helper()
 	s := &server{t: t, log: new(bytes.Buffer), done: make(chan error, 1)}
-	s.cmd = exec.Command(rackbootBin, args...)
+	s.cmd = cmd
 	s.cmd.Stderr = s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -77,9 +90,7 @@ func startRackboot(t *testing.T, addr string, args ...string) *server {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
+		if ready() {
 			return s
 		}
 		select {
@@ -88,7 +99,7 @@ func startRackboot(t *testing.T, addr string, args ...string) *server {
 		case <-time.After(20 * time.Millisecond): // polling for readiness
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("rackboot never listened on %s:\n%s", addr, s.log)
+			t.Fatalf("rackboot never became ready:\n%s", s.log)
 		}
 	}
 }

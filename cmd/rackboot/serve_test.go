@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/rackboot/rackboot/internal/netns"
+	"github.com/rackboot/rackboot/internal/testenv"
+)
+
+// rack is an appliance in a network namespace with boards beside it.
+type rack struct {
+	dir    string
+	config string
+	srv    *netns.Host
+	boards []*netns.Host
+}
+
+const rackYAML = `state_dir: state
+log_level: debug
+address: 10.77.0.1
+nbd:
+  listen: 10.77.0.1:10809
+http:
+  listen: 10.77.0.1:8080
+images:
+  - name: minimal
+    path: min.img
+boot:
+  tree: tree
+  kernels:
+    amd64: {kernel: amd64/vmlinuz, initrd: amd64/initrd.img}
+boards:
+  - {name: board-a, mac: "52:54:00:7b:00:0a", arch: amd64, image: minimal}
+  - {name: board-b, mac: "52:54:00:7b:00:0b", arch: amd64, image: minimal}
+`
+
+func newRack(t *testing.T) *rack {
+	t.Helper()
+	for _, tool := range []string{"curl", "nbdinfo", "qemu-io"} {
+		testenv.LookPath(t, tool)
+	}
+	n := netns.New(t)
+	r := &rack{dir: t.TempDir()}
+	r.srv = n.AddHost(netns.MAC(1), netip.MustParsePrefix("10.77.0.1/24"))
+	r.boards = []*netns.Host{
+		n.AddHost(netns.MAC(0x0a), netip.MustParsePrefix("10.77.0.10/24")),
+		n.AddHost(netns.MAC(0x0b), netip.MustParsePrefix("10.77.0.11/24")),
+	}
+	os.MkdirAll(filepath.Join(r.dir, "tree", "amd64"), 0o755)
+	os.WriteFile(filepath.Join(r.dir, "tree", "amd64", "vmlinuz"), bytes.Repeat([]byte("K"), 3<<20), 0o644)
+	os.WriteFile(filepath.Join(r.dir, "tree", "amd64", "initrd.img"), bytes.Repeat([]byte("I"), 1<<20), 0o644)
+	randomFile(t, filepath.Join(r.dir, "min.img"), 4<<20, 9)
+	r.config = filepath.Join(r.dir, "rackboot.yaml")
+	os.WriteFile(r.config, []byte(rackYAML), 0o644)
+	return r
+}
+
+// start runs `rackboot serve` in the appliance's namespace.
+func (r *rack) start(t *testing.T) *server {
+	t.Helper()
+	cmd := r.srv.Command(t.Context(), rackbootBin, "serve", "--config", r.config)
+	return startCommand(t, cmd, func() bool {
+		return r.boards[0].Command(t.Context(), "curl", "-s", "-o", "/dev/null", "http://10.77.0.1:8080/").Run() == nil
+	})
+}
+
+var tokenRE = regexp.MustCompile(`rackboot\.token=([0-9a-f]{32})`)
+
+// bootConfig fetches a boot config from board i and returns its token.
+func (r *rack) bootConfig(t *testing.T, i int, url string) string {
+	t.Helper()
+	out := r.boards[i].Run(t, "curl", "-fsS", url)
+	m := tokenRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no token in the boot config from %s:\n%s", url, out)
+	}
+	return m[1]
+}
+
+// TestBoardIsolation checks, with real clients inside network namespaces,
+// that a board gets its own boot config and NBD root only, and that a new
+// boot invalidates the previous one.
+func TestBoardIsolation(t *testing.T) {
+	r := newRack(t)
+	srv := r.start(t)
+	a, b := r.boards[0], r.boards[1]
+	cfgA := "http://10.77.0.1:8080/pxelinux.cfg/01-52-54-00-7b-00-0a"
+	tok1 := r.bootConfig(t, 0, cfgA)
+	nbdURI := func(tok string) string { return "nbd://10.77.0.1:10809/" + tok }
+
+	a.Run(t, "nbdinfo", nbdURI(tok1))
+	a.Run(t, "qemu-io", "-f", "raw", "-c", "write -P 0xa1 0 64k", nbdURI(tok1))
+
+	// Board B can neither fetch A's config nor attach A's root.
+	if out, err := b.Command(t.Context(), "curl", "-fsS", cfgA).CombinedOutput(); err == nil {
+		t.Errorf("board B fetched board A's config:\n%s", out)
+	}
+	if out, err := b.Command(t.Context(), "nbdinfo", nbdURI(tok1)).CombinedOutput(); err == nil {
+		t.Errorf("board B attached board A's root:\n%s", out)
+	}
+	tokB := r.bootConfig(t, 1, "http://10.77.0.1:8080/pxelinux.cfg/default")
+	if out, err := a.Command(t.Context(), "nbdinfo", nbdURI(tokB)).CombinedOutput(); err == nil {
+		t.Errorf("board A attached board B's root:\n%s", out)
+	}
+
+	// A restart of rackboot (even a crash) keeps the boot and its layer.
+	srv.stop(syscall.SIGKILL)
+	srv = r.start(t)
+	a.Run(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 0xa1 0 64k", nbdURI(tok1))
+
+	// A new boot: the old token is dead, the new root is pristine.
+	tok2 := r.bootConfig(t, 0, "http://10.77.0.1:8080/pxelinux.cfg/default")
+	if tok2 == tok1 {
+		t.Fatal("new boot, same token")
+	}
+	if out, err := a.Command(t.Context(), "nbdinfo", nbdURI(tok1)).CombinedOutput(); err == nil {
+		t.Errorf("the previous boot's export still attaches:\n%s", out)
+	}
+	out, err := a.Command(t.Context(), "qemu-io", "-f", "raw", "-r", "-c", "read -P 0xa1 0 64k", nbdURI(tok2)).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Pattern verification failed") {
+		t.Errorf("the new boot sees the previous boot's writes: %v\n%s", err, out)
+	}
+	srv.stop(syscall.SIGTERM)
+	if sessions := r.sessions(t); strings.Contains(sessions, "@"+tok1[:12]) || !strings.Contains(sessions, "@"+tok2[:12]) {
+		t.Errorf("layers on disk after the second boot:\n%s", sessions)
+	}
+}
+
+func (r *rack) sessions(t *testing.T) string {
+	out, err := exec.Command(rackbootBin, "nbd", "--state", filepath.Join(r.dir, "state"), "--sessions").CombinedOutput()
+	if err != nil {
+		t.Fatalf("listing sessions: %v\n%s", err, out)
+	}
+	return fmt.Sprint(string(out))
+}
