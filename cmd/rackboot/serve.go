@@ -19,6 +19,7 @@ import (
 	"github.com/rackboot/rackboot/lab"
 	"github.com/rackboot/rackboot/nbd"
 	"github.com/rackboot/rackboot/nbd/cow"
+	"github.com/rackboot/rackboot/tftp"
 	"github.com/rackboot/rackboot/web"
 )
 
@@ -77,8 +78,24 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	g.Go(func() error { return nbdSrv.ListenAndServe(ctx, cfg.NBD.Listen) })
 	httpSrv := &web.Server{Lab: a.lab, Logger: log.With("srv", "http")}
 	g.Go(func() error { return httpSrv.ListenAndServe(ctx, cfg.HTTP.Listen) })
+	if cfg.TFTP.Listen != "off" {
+		tftpSrv := &tftp.Server{
+			Handler: func(ctx context.Context, path string, peer netip.AddrPort) (io.ReadCloser, int64, error) {
+				f, err := a.lab.OpenFile(ctx, path, peer.Addr())
+				if err != nil {
+					return nil, 0, err
+				}
+				return f, f.Size, nil
+			},
+			OnTransfer: func(tr tftp.Transfer) {
+				a.lab.Transfer(context.WithoutCancel(ctx), "tftp", tr.Path, tr.Peer.Addr(), tr.Bytes, tr.Duration, tr.Err)
+			},
+			Logger: log.With("srv", "tftp"),
+		}
+		g.Go(func() error { return tftpSrv.ListenAndServe(ctx, cfg.TFTP.Listen) })
+	}
 	log.Info("rackboot serving", "version", version, "address", a.address().String(),
-		"nbd", cfg.NBD.Listen, "http", cfg.HTTP.Listen, "boards", len(cfg.Boards), "state", cfg.StateDir)
+		"nbd", cfg.NBD.Listen, "http", cfg.HTTP.Listen, "tftp", cfg.TFTP.Listen, "boards", len(cfg.Boards), "state", cfg.StateDir)
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil

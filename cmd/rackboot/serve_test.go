@@ -31,6 +31,8 @@ nbd:
   listen: 10.77.0.1:10809
 http:
   listen: 10.77.0.1:8080
+tftp:
+  listen: 10.77.0.1:69
 images:
   - name: minimal
     path: min.img
@@ -107,7 +109,11 @@ func TestBoardIsolation(t *testing.T) {
 	if out, err := b.Command(t.Context(), "nbdinfo", nbdURI(tok1)).CombinedOutput(); err == nil {
 		t.Errorf("board B attached board A's root:\n%s", out)
 	}
-	tokB := r.bootConfig(t, 1, "http://10.77.0.1:8080/pxelinux.cfg/default")
+	// Over TFTP too.
+	if out, err := b.Command(t.Context(), "curl", "-fsS", "--max-time", "20", "tftp://10.77.0.1/pxelinux.cfg/01-52-54-00-7b-00-0a").CombinedOutput(); err == nil {
+		t.Errorf("board B fetched board A's config over TFTP:\n%s", out)
+	}
+	tokB := r.bootConfig(t, 1, "tftp://10.77.0.1/pxelinux.cfg/01-52-54-00-7b-00-0b")
 	if out, err := a.Command(t.Context(), "nbdinfo", nbdURI(tokB)).CombinedOutput(); err == nil {
 		t.Errorf("board A attached board B's root:\n%s", out)
 	}
