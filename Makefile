@@ -62,6 +62,13 @@ bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for 
 	scripts/apt-ensure.sh $(BENCH_NBD_PKGS)
 	scripts/bench-nbd.sh
 
+OUT := out
+BOOT_TREE := $(OUT)/boot
+
+.PHONY: boot-tree
+boot-tree: ## collect pxelinux, ldlinux.c32 and iPXE from Debian packages into out/boot
+	scripts/boot-tree.sh $(BOOT_TREE)
+
 .PHONY: clean
 clean: ## remove build outputs
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(OUT)
