@@ -507,6 +507,7 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	}
 	slots := make(chan struct{}, orDefault(c.s.MaxInFlight, DefaultMaxInFlight))
 	var wg sync.WaitGroup
+	var inFlight atomic.Int32
 	defer func() {
 		wg.Wait()
 		if !exp.ReadOnly {
@@ -555,9 +556,7 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 				return
 			}
 		}
-		slots <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-slots }()
+		handle := func() {
 			errno, data := c.do(exp, req, payload)
 			if payload != nil {
 				putBuf(payload)
@@ -566,6 +565,21 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 			if data != nil {
 				putBuf(data)
 			}
+		}
+		if inFlight.Load() == 0 && c.br.Buffered() == 0 {
+			// Nothing else is pending (a client at queue depth 1):
+			// answer here and save the hand-off to another goroutine.
+			handle()
+			continue
+		}
+		slots <- struct{}{}
+		inFlight.Add(1)
+		wg.Go(func() {
+			defer func() {
+				inFlight.Add(-1)
+				<-slots
+			}()
+			handle()
 		})
 	}
 }

@@ -225,7 +225,7 @@ func openWithMeta(base Base, opts Options, fsys FS, dir string, meta File) (*Dev
 // compactThreshold is the log length above which the log is rewritten:
 // four times what a fresh log would take, and at least 1 MiB.
 func (d *Device) compactThreshold(allocated uint64) int64 {
-	return max(d.compactMin, 4*(logHeaderLen+batchHdrLen+4+runLen*int64(allocated)))
+	return max(d.compactMin, 4*(logHeaderLen+batchHdrLen+4+int64(runLen)*int64(allocated)))
 }
 
 // Size returns the device size in bytes, the base image's size.
