@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"os"
 )
 
 // Device is the storage behind an export. ReadAt and WriteAt are called
@@ -33,6 +34,17 @@ type Trimmer interface {
 // without it get zero-filled writes.
 type Zeroer interface {
 	WriteZeroes(off, length int64, punch bool) error
+}
+
+// FileReader is implemented by devices whose data lives in files, so that
+// the server can send reads with sendfile(2) instead of copying them
+// through its own memory. ReadFiles calls send for each piece of
+// [off, off+n) in order, with the file and file offset that hold it; the
+// files stay open during the call. A device that can't serve a range this
+// way returns an error wrapping errors.ErrUnsupported before calling send,
+// and the server reads the range into memory instead.
+type FileReader interface {
+	ReadFiles(off, n int64, send func(f *os.File, off, n int64) error) error
 }
 
 // ErrReadOnly is returned by devices that refuse writes. The server answers

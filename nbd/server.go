@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for the zero values of Server's fields.
@@ -561,7 +563,9 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 			if payload != nil {
 				putBuf(payload)
 			}
-			c.send(req.handle, errno, data)
+			if errno != noReply {
+				c.send(req.handle, errno, data)
+			}
 			if data != nil {
 				putBuf(data)
 			}
@@ -584,8 +588,92 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	}
 }
 
+// noReply is do's answer when it has already sent the reply itself.
+const noReply = ^uint32(0)
+
+// sendfileMin is the smallest read sent with sendfile(2): below it, the
+// copy through memory costs less than the extra system calls.
+const sendfileMin = 64 << 10
+
+// sendFiles sends a read's reply straight from the device's files with
+// sendfile(2). It reports false, having sent nothing, when the device or
+// connection can't do that (the caller then reads into memory) or when the
+// device failed before anything was sent (the caller replies with the
+// error). Once the
+// header is out, a failure can't be reported to the client any more: the
+// connection is closed, as the protocol requires.
+func (c *conn) sendFiles(fr FileReader, req request) (bool, error) {
+	tc, ok := c.nc.(*net.TCPConn)
+	if !ok {
+		return false, nil
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return false, nil
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.broken.Load() {
+		return true, net.ErrClosed
+	}
+	started := false
+	err = fr.ReadFiles(int64(req.offset), int64(req.length), func(f *os.File, off, n int64) error {
+		if !started {
+			var h [replyHeaderLen]byte
+			putReply(h[:], 0, req.handle)
+			c.nc.SetWriteDeadline(time.Now().Add(orDefault(c.s.WriteTimeout, DefaultWriteTimeout)))
+			if _, err := c.nc.Write(h[:]); err != nil {
+				return err
+			}
+			started = true
+		}
+		return sendfile(raw, f, off, n)
+	})
+	if !started {
+		// Nothing sent: the caller reads into memory (ErrUnsupported) or
+		// sends an ordinary error reply.
+		return false, err
+	}
+	if err != nil {
+		c.broken.Store(true)
+		c.nc.Close()
+	}
+	return true, err
+}
+
+// sendfile copies n bytes at off in f to the socket behind raw, waiting
+// for the socket to drain as needed.
+func sendfile(raw syscall.RawConn, f *os.File, off, n int64) error {
+	src := int(f.Fd())
+	var serr error
+	err := raw.Write(func(fd uintptr) bool {
+		for n > 0 {
+			k, err := unix.Sendfile(int(fd), src, &off, int(min(n, 1<<30)))
+			if k > 0 {
+				n -= int64(k)
+			}
+			switch {
+			case err == unix.EAGAIN:
+				return false // wait until writable
+			case err == unix.EINTR:
+			case err != nil:
+				serr = os.NewSyscallError("sendfile", err)
+				return true
+			case k == 0:
+				serr = io.ErrUnexpectedEOF // the file is shorter than the device
+				return true
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
 // do carries out one request. It returns the reply's error value and, for a
-// successful read, the data (a pool buffer).
+// successful read, the data (a pool buffer); noReply if it replied itself.
 func (c *conn) do(exp *Export, req request, payload []byte) (uint32, []byte) {
 	allowed := uint16(cmdFlagFUA)
 	if req.typ == cmdWriteZeroes {
@@ -613,6 +701,18 @@ func (c *conn) do(exp *Export, req request, payload []byte) (uint32, []byte) {
 		if !inRange || req.length > MaxPayload {
 			c.log.Warn("bad read", "offset", req.offset, "len", req.length)
 			return errInval, nil
+		}
+		if fr, ok := dev.(FileReader); ok && n >= sendfileMin {
+			sent, err := c.sendFiles(fr, req)
+			switch {
+			case sent && err != nil:
+				c.log.Warn("sending read from file", "offset", req.offset, "len", req.length, "err", err)
+				return noReply, nil
+			case sent:
+				return noReply, nil
+			case err != nil && !errors.Is(err, errors.ErrUnsupported):
+				return c.errno(req, err), nil
+			}
 		}
 		buf := getBuf(int(n))
 		if k, rerr := dev.ReadAt(buf, off); rerr != nil && (k != len(buf) || !errors.Is(rerr, io.EOF)) {

@@ -316,6 +316,43 @@ func (d *Device) ReadAt(p []byte, off int64) (int, error) {
 	return int(n), nil
 }
 
+// ReadFiles sends [off, off+n) from the files that hold it: the base image
+// and the layer's data file (nbd.FileReader). It needs both to be OS
+// files; otherwise it returns an error wrapping errors.ErrUnsupported
+// before sending anything.
+func (d *Device) ReadFiles(off, n int64, send func(f *os.File, off, n int64) error) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer d.leave()
+	base, ok1 := d.base.(interface{ File() *os.File })
+	data, ok2 := d.data.(osFile)
+	if !ok1 || !ok2 {
+		return fmt.Errorf("layer %s: %w", d.dir, errors.ErrUnsupported)
+	}
+	if err := d.checkRange(off, n); err != nil || n == 0 {
+		return err
+	}
+	end := off + n
+	last := uint64(end-1) >> d.shift
+	for pos := off; pos < end; {
+		c := uint64(pos) >> d.shift
+		d.mu.RLock()
+		k, inLayer := d.alloc.runLength(c, last-c+1)
+		d.mu.RUnlock()
+		runEnd := min(d.chunkEnd(c+k-1), end)
+		f := base.File()
+		if inLayer {
+			f = data.File
+		}
+		if err := send(f, pos, runEnd-pos); err != nil {
+			return err
+		}
+		pos = runEnd
+	}
+	return nil
+}
+
 // lockChunks locks the stripes of chunks [first, last] in ascending order
 // and returns the unlock function.
 func (d *Device) lockChunks(first, last uint64) func() {

@@ -48,6 +48,9 @@ func OpenImage(path string) (*Image, error) {
 	return &Image{f: f, size: size, id: id}, nil
 }
 
+// File returns the image's open file, for sendfile(2).
+func (m *Image) File() *os.File { return m.f }
+
 // Path returns the image's file name.
 func (m *Image) Path() string { return m.f.Name() }
 
@@ -58,6 +61,14 @@ func (m *Image) Identity() string { return m.id }
 
 // ReadAt reads from the image.
 func (m *Image) ReadAt(p []byte, off int64) (int, error) { return m.f.ReadAt(p, off) }
+
+// ReadFiles sends [off, off+n) from the image file (nbd.FileReader).
+func (m *Image) ReadFiles(off, n int64, send func(f *os.File, off, n int64) error) error {
+	if off < 0 || n < 0 || off > m.size || n > m.size-off {
+		return fmt.Errorf("read %d+%d of %d bytes: %w", off, n, m.size, syscall.EINVAL)
+	}
+	return send(m.f, off, n)
+}
 
 // WriteAt always fails: base images are never written.
 func (m *Image) WriteAt(p []byte, off int64) (int, error) {
