@@ -14,7 +14,7 @@ COUNT ?= 1
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
 # Debian packages the tests drive: real NBD clients.
-TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools
+TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools busybox isc-dhcp-client dnsmasq-base iproute2
 # Reference servers for the comparative benchmarks.
 BENCH_NBD_PKGS := libnbd-bin qemu-utils nbd-server nbdkit fio
 

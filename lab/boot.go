@@ -22,8 +22,9 @@ const (
 // DHCPClient is what DHCP tells about a machine asking for an address.
 type DHCPClient struct {
 	MAC net.HardwareAddr
-	// Firmware is the client class: "bios", "efi-x64", "efi-arm64",
-	// "efi-arm32", "ipxe", "uboot", "initramfs", "os" or "unknown".
+	// Firmware is the client class: "bios", "efi32", "efi-x64",
+	// "efi-arm64", "efi-arm32", "ipxe", "u-boot", "initramfs", "os" or
+	// "unknown".
 	Firmware    string
 	Arch        string
 	VendorClass string
@@ -42,7 +43,7 @@ type DHCPAnswer struct {
 // pxeFirmware reports firmware that boots from the network.
 func pxeFirmware(fw string) bool {
 	switch fw {
-	case "bios", "efi-x64", "efi-arm64", "efi-arm32", "ipxe", "uboot":
+	case "bios", "efi-x64", "efi-arm64", "efi-arm32", "ipxe", "u-boot":
 		return true
 	}
 	return false
@@ -81,7 +82,7 @@ func (l *Lab) bootFile(fw string) string {
 		return "ipxe.efi"
 	case "ipxe":
 		return l.httpURL(ipxeScriptName)
-	case "uboot":
+	case "u-boot":
 		return ubootScriptName
 	}
 	return ""

@@ -327,7 +327,7 @@ func TestDHCPDecisions(t *testing.T) {
 		"bios":        {DHCPClient{MAC: macA, Firmware: "bios"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "lpxelinux.0"}},
 		"ipxe":        {DHCPClient{MAC: macA, Firmware: "ipxe"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "http://10.9.0.1:8080/ipxe/boot.ipxe"}},
 		"efi":         {DHCPClient{MAC: macB, Firmware: "efi-x64"}, DHCPAnswer{Hostname: "board-b", BootFile: "ipxe.efi"}},
-		"uboot":       {DHCPClient{MAC: macB, Firmware: "uboot"}, DHCPAnswer{Hostname: "board-b", BootFile: "boot.scr.uimg"}},
+		"uboot":       {DHCPClient{MAC: macB, Firmware: "u-boot"}, DHCPAnswer{Hostname: "board-b", BootFile: "boot.scr.uimg"}},
 		"initramfs":   {DHCPClient{MAC: macA, Firmware: "initramfs"}, DHCPAnswer{IP: ipA, Hostname: "board-a"}},
 		"unknown os":  {DHCPClient{MAC: macU, Firmware: "os"}, DHCPAnswer{}},
 		"unknown pxe": {DHCPClient{MAC: macU, Firmware: "bios"}, DHCPAnswer{}},

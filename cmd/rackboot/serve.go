@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rackboot/rackboot/config"
+	"github.com/rackboot/rackboot/dhcp"
 	"github.com/rackboot/rackboot/lab"
 	"github.com/rackboot/rackboot/nbd"
 	"github.com/rackboot/rackboot/nbd/cow"
@@ -48,6 +49,7 @@ type appliance struct {
 	images   map[string]*cow.Image
 	tree     *os.Root
 	lab      *lab.Lab
+	dhcp     []*dhcp.Server
 	closers  []func() error
 }
 
@@ -69,6 +71,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	for _, d := range a.dhcp {
+		g.Go(func() error { return d.ListenAndServe(ctx) })
+		if d.Mode == dhcp.ModeFull {
+			// Debian's iPXE waits ~15 s for IPv6 autoconfiguration
+			// unless a router advertisement answers it.
+			ra := &dhcp.Advertiser{Interface: d.Interface, Logger: log.With("srv", "ra")}
+			g.Go(func() error { return ra.ListenAndServe(ctx) })
+		}
+	}
 	nbdSrv := &nbd.Server{
 		Resolver:       labResolver{lab: a.lab, images: a.images},
 		Logger:         log.With("srv", "nbd"),
@@ -156,6 +167,20 @@ func (a *appliance) open(ctx context.Context) error {
 	for arch, k := range cfg.Boot.Kernels {
 		kernels[lab.Arch(arch)] = lab.KernelFiles{Kernel: k.Kernel, Initrd: k.Initrd}
 	}
+	// The DHCP servers know which MAC holds which address; the kernel's
+	// ARP table covers proxy mode, where the site's server does.
+	neighbors := []lab.Neighbors{}
+	if cfg.DHCP.Mode != "off" {
+		for _, name := range cfg.DHCP.Interfaces {
+			d, err := a.dhcpServer(name)
+			if err != nil {
+				return err
+			}
+			a.dhcp = append(a.dhcp, d)
+			neighbors = append(neighbors, d)
+		}
+	}
+	neighbors = append(neighbors, lab.KernelNeighbors())
 	l, err := lab.New(ctx, lab.Config{
 		Address:  addr,
 		NBDPort:  listenPort(cfg.NBD.Listen),
@@ -166,14 +191,76 @@ func (a *appliance) open(ctx context.Context) error {
 		Unknown:  lab.UnknownPolicy(cfg.Boot.UnknownBoards),
 	}, lab.Options{
 		Store: store, Sessions: sessions, Images: a.images, Tree: a.tree,
-		Neighbors: lab.KernelNeighbors(),
+		Neighbors: lab.ChainNeighbors(neighbors...),
 		Logger:    a.log.With("srv", "lab"),
 	})
 	if err != nil {
 		return err
 	}
 	a.lab = l
+	for _, d := range a.dhcp {
+		d.Booter = dhcpBooter{l}
+	}
 	return nil
+}
+
+// dhcpServer configures the DHCP server of one interface; its Booter is
+// set once the lab exists.
+func (a *appliance) dhcpServer(iface string) (*dhcp.Server, error) {
+	cfg := a.cfg.DHCP
+	ip, subnet, err := interfaceIPv4(iface)
+	if err != nil {
+		return nil, fmt.Errorf("dhcp interface: %w", err)
+	}
+	d := &dhcp.Server{
+		Interface: iface,
+		ServerIP:  ip,
+		Subnet:    subnet,
+		Router:    cfg.Router,
+		DNS:       cfg.DNS,
+		LeaseTime: cfg.LeaseTime,
+		Leases:    leaseStore{a.store},
+		SkipProbe: cfg.Probe != nil && !*cfg.Probe,
+		Logger:    a.log.With("srv", "dhcp", "interface", iface),
+	}
+	if cfg.Mode == "full" {
+		d.Mode = dhcp.ModeFull
+		d.RangeStart, d.RangeEnd = cfg.RangeStart, cfg.RangeEnd
+	}
+	return d, nil
+}
+
+// dhcpBooter adapts the lab's boot decisions to the DHCP server.
+type dhcpBooter struct{ lab *lab.Lab }
+
+func (b dhcpBooter) Boot(ctx context.Context, c dhcp.Client) (dhcp.Boot, error) {
+	a := b.lab.DHCP(ctx, lab.DHCPClient{
+		MAC: c.MAC, Firmware: c.Firmware.String(), Arch: fmt.Sprint(c.Arch), VendorClass: c.VendorClass,
+	})
+	return dhcp.Boot{IP: a.IP, Hostname: a.Hostname, BootFile: a.BootFile}, nil
+}
+
+// leaseStore keeps the DHCP server's leases in the lab's store.
+type leaseStore struct{ s lab.Store }
+
+func (l leaseStore) LoadLeases(ctx context.Context) ([]dhcp.Lease, error) {
+	all, err := l.s.Leases(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]dhcp.Lease, len(all))
+	for i, x := range all {
+		out[i] = dhcp.Lease{MAC: x.MAC, IP: x.IP, Expiry: x.Expiry, Hostname: x.Hostname}
+	}
+	return out, nil
+}
+
+func (l leaseStore) SaveLease(ctx context.Context, x dhcp.Lease) error {
+	return l.s.SaveLease(ctx, lab.Lease{MAC: x.MAC, IP: x.IP, Expiry: x.Expiry, Hostname: x.Hostname})
+}
+
+func (l leaseStore) DeleteLease(ctx context.Context, mac net.HardwareAddr) error {
+	return l.s.DeleteLease(ctx, mac)
 }
 
 // address is the appliance's address as boards reach it: the configured

@@ -1,0 +1,165 @@
+package dhcp
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Lease is an address bound to a client in full mode.
+type Lease struct {
+	// MAC is the client hardware address the lease belongs to.
+	MAC net.HardwareAddr
+	// IP is the leased IPv4 address.
+	IP netip.Addr
+	// Expiry is when the lease ends. Released leases keep their entry
+	// (so the client gets the same address back) with Expiry set to the
+	// time of release.
+	Expiry time.Time
+	// Hostname is the name the Booter gave the client (option 12), or
+	// the name the client sent, or empty.
+	Hostname string
+}
+
+// LeaseStore persists full-mode leases. The server keeps its working set
+// in memory: it calls LoadLeases once when it starts serving, SaveLease
+// before it acknowledges a binding (RFC 2131 section 4.3.2 asks servers
+// to commit a binding before sending the DHCPACK; if SaveLease fails the
+// server sends nothing and the client retries), and DeleteLease when a
+// client releases or declines its address or when its address is taken
+// over by a reservation. Leases are keyed by MAC: SaveLease replaces any
+// lease with the same MAC.
+//
+// The server serialises its calls to SaveLease and DeleteLease; LoadLeases
+// may return expired leases, which the server uses to give returning
+// clients their previous address.
+type LeaseStore interface {
+	LoadLeases(ctx context.Context) ([]Lease, error)
+	SaveLease(ctx context.Context, l Lease) error
+	DeleteLease(ctx context.Context, mac net.HardwareAddr) error
+}
+
+// bindState is the state of an address in the lease table.
+type bindState uint8
+
+const (
+	// stateOffered: offered in a DHCPOFFER, held until the offer times out.
+	stateOffered bindState = iota
+	// stateBound: acknowledged (and persisted).
+	stateBound
+	// stateDeclined: a client reported the address in use (DHCPDECLINE);
+	// nobody gets it until the hold expires.
+	stateDeclined
+)
+
+// binding is one row of the lease table.
+type binding struct {
+	mac      string // string(hardware address); "" for declined addresses
+	ip       netip.Addr
+	expiry   time.Time
+	hostname string
+	state    bindState
+}
+
+func (b *binding) lease() Lease {
+	return Lease{MAC: net.HardwareAddr(b.mac), IP: b.ip, Expiry: b.expiry, Hostname: b.hostname}
+}
+
+// activeAt reports whether b still holds its address at now.
+func (b *binding) activeAt(now time.Time) bool { return now.Before(b.expiry) }
+
+// leaseTable indexes bindings by MAC and by address. Each MAC has at most
+// one binding and each address at most one. Its size is bounded by the
+// pool size plus the number of reserved addresses seen, because every
+// binding holds an address. It is not safe for concurrent use.
+type leaseTable struct {
+	byMAC map[string]*binding
+	byIP  map[netip.Addr]*binding
+}
+
+func (t *leaseTable) init() {
+	if t.byMAC == nil {
+		t.byMAC = make(map[string]*binding)
+		t.byIP = make(map[netip.Addr]*binding)
+	}
+}
+
+// remove drops b from both indexes.
+func (t *leaseTable) remove(b *binding) {
+	if t.byIP[b.ip] == b {
+		delete(t.byIP, b.ip)
+	}
+	if b.mac != "" && t.byMAC[b.mac] == b {
+		delete(t.byMAC, b.mac)
+	}
+}
+
+// put installs b, displacing the MAC's previous binding and the address's
+// previous holder. It returns the bound binding of another MAC it
+// displaced, if any, so that the caller can delete it from the store.
+func (t *leaseTable) put(b *binding) (displaced *binding) {
+	t.init()
+	if old := t.byIP[b.ip]; old != nil {
+		t.remove(old)
+		if old.mac != b.mac && old.mac != "" && old.state == stateBound {
+			displaced = old
+		}
+	}
+	if b.mac != "" {
+		if old := t.byMAC[b.mac]; old != nil {
+			t.remove(old)
+		}
+		t.byMAC[b.mac] = b
+	}
+	t.byIP[b.ip] = b
+	return displaced
+}
+
+// freeFor reports whether ip can be given to mac at now: nobody holds it,
+// mac itself holds it, or the holder's time is up.
+func (t *leaseTable) freeFor(ip netip.Addr, mac string, now time.Time) bool {
+	b := t.byIP[ip]
+	return b == nil || (b.mac == mac && b.state != stateDeclined) || !b.activeAt(now)
+}
+
+// LeaseFor returns the current, unexpired lease of mac (full mode).
+// It is safe for concurrent use.
+func (s *Server) LeaseFor(mac net.HardwareAddr) (Lease, bool) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.table.byMAC[string(mac)]
+	if b == nil || b.state != stateBound || !b.activeAt(now) {
+		return Lease{}, false
+	}
+	return b.lease(), true
+}
+
+// MACFor returns the hardware address holding a current, unexpired lease
+// on ip (full mode). It is safe for concurrent use.
+func (s *Server) MACFor(ip netip.Addr) (net.HardwareAddr, bool) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.table.byIP[ip.Unmap()]
+	if b == nil || b.state != stateBound || !b.activeAt(now) {
+		return nil, false
+	}
+	return net.HardwareAddr(b.mac), true
+}
+
+// ActiveLeases returns a snapshot of all current, unexpired leases, in no
+// particular order. It is safe for concurrent use.
+func (s *Server) ActiveLeases() []Lease {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Lease
+	for _, b := range s.table.byMAC {
+		if b.state == stateBound && b.activeAt(now) {
+			out = append(out, b.lease())
+		}
+	}
+	return out
+}
