@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -194,6 +195,13 @@ func (l *Lab) Boards() []Board { return l.cfg.Boards }
 // Store returns the lab's state store, for listings.
 func (l *Lab) Store() Store { return l.store }
 
+// sessionName names a boot's copy-on-write session. It is derived from
+// the token one way, so that listings of sessions reveal nothing of it.
+func sessionName(board, token string) string {
+	h := sha256.Sum256([]byte("rackboot session " + token))
+	return board + "@" + hex.EncodeToString(h[:8])
+}
+
 // newToken returns 128 random bits in hex: the boot's capability.
 func newToken() string {
 	var b [16]byte
@@ -209,7 +217,7 @@ func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecor
 	rec := BootRecord{
 		Board: b.Name, Token: newToken(), Image: b.Image, IP: ip, MAC: b.MAC, Started: l.now(),
 	}
-	rec.Session = b.Name + "@" + rec.Token[:12]
+	rec.Session = sessionName(b.Name, rec.Token)
 	rec, err := l.store.StartBoot(ctx, rec)
 	if err != nil {
 		return BootRecord{}, err

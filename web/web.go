@@ -10,6 +10,13 @@
 // boot.scr.uimg). Each request is logged with the board's name and counted
 // in its boot timeline.
 //
+// # API
+//
+// GET /api/v1/boots lists the newest boots (?limit=N, default 50) with
+// their timelines: config fetched, files served, NBD attach, reported
+// steps. GET /api/v1/unknown lists machines waiting for enrollment. Boot
+// tokens are never shown.
+//
 // # Reports
 //
 // POST /api/v1/report with "Authorization: Bearer TOKEN" and a JSON
@@ -60,6 +67,8 @@ func (s *Server) logger() *slog.Logger {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/report", s.report)
+	mux.HandleFunc("GET /api/v1/boots", s.boots)
+	mux.HandleFunc("GET /api/v1/unknown", s.unknown)
 	mux.HandleFunc("GET /", s.file)
 	return mux
 }
@@ -186,4 +195,95 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// BootView is a boot as the API shows it: no token.
+type BootView struct {
+	ID       int64       `json:"id"`
+	Board    string      `json:"board"`
+	IP       string      `json:"ip"`
+	MAC      string      `json:"mac"`
+	Image    string      `json:"image"`
+	Identify bool        `json:"identify,omitempty"`
+	Started  time.Time   `json:"started"`
+	Ended    *time.Time  `json:"ended,omitempty"`
+	Events   []EventView `json:"events"`
+}
+
+// EventView is one timeline entry.
+type EventView struct {
+	Time     time.Time `json:"time"`
+	Kind     string    `json:"kind"`
+	Name     string    `json:"name"`
+	Status   string    `json:"status"`
+	Bytes    int64     `json:"bytes,omitempty"`
+	Duration int64     `json:"duration_ns,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
+
+func (s *Server) boots(w http.ResponseWriter, r *http.Request) {
+	limit := 50
+	if v := r.URL.Query().Get("limit"); v != "" {
+		if _, err := fmt.Sscan(v, &limit); err != nil || limit < 1 || limit > 1000 {
+			http.Error(w, "limit: want 1 to 1000", http.StatusBadRequest)
+			return
+		}
+	}
+	store := s.Lab.Store()
+	boots, err := store.Boots(r.Context(), limit)
+	if err != nil {
+		s.logger().Error("listing boots", "err", err)
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
+	out := []BootView{}
+	for _, b := range boots {
+		v := BootView{ID: b.ID, Board: b.Board, IP: b.IP.String(), MAC: b.MAC.String(), Image: b.Image,
+			Identify: b.Identify, Started: b.Started, Events: []EventView{}}
+		if !b.Ended.IsZero() {
+			v.Ended = &b.Ended
+		}
+		events, err := store.Events(r.Context(), b.ID)
+		if err != nil {
+			s.logger().Error("listing boot events", "err", err)
+			http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+			return
+		}
+		for _, e := range events {
+			v.Events = append(v.Events, EventView{Time: e.Time, Kind: e.Kind, Name: e.Name, Status: e.Status,
+				Bytes: e.Bytes, Duration: int64(e.Duration), Error: e.Error})
+		}
+		out = append(out, v)
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) unknown(w http.ResponseWriter, r *http.Request) {
+	list, err := s.Lab.Store().Unknown(r.Context())
+	if err != nil {
+		s.logger().Error("listing unknown machines", "err", err)
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
+	type view struct {
+		MAC         string    `json:"mac"`
+		Firmware    string    `json:"firmware"`
+		Arch        string    `json:"arch"`
+		VendorClass string    `json:"vendor_class"`
+		FirstSeen   time.Time `json:"first_seen"`
+		LastSeen    time.Time `json:"last_seen"`
+		Count       int       `json:"count"`
+	}
+	out := []view{}
+	for _, u := range list {
+		out = append(out, view{u.MAC.String(), u.Firmware, u.Arch, u.VendorClass, u.FirstSeen, u.LastSeen, u.Count})
+	}
+	writeJSON(w, out)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }

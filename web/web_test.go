@@ -185,4 +185,11 @@ func TestReport(t *testing.T) {
 	if strings.Join(steps, ",") != "network=ok,disk=failed" {
 		t.Errorf("steps recorded: %v", steps)
 	}
+	code, body := get(t, base+"/api/v1/boots")
+	if code != 200 || !strings.Contains(body, `"board": "loopy"`) || !strings.Contains(body, `"name": "disk"`) {
+		t.Errorf("GET /api/v1/boots: %d\n%s", code, body)
+	}
+	if strings.Contains(body, m[1]) {
+		t.Error("the boots API shows a boot token")
+	}
 }

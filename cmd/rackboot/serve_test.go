@@ -45,7 +45,7 @@ boards:
   - {name: board-b, mac: "52:54:00:7b:00:0b", arch: amd64, image: minimal}
 `
 
-func newRack(t *testing.T) *rack {
+func newRack(t *testing.T, withIPs bool) *rack {
 	t.Helper()
 	for _, tool := range []string{"curl", "nbdinfo", "qemu-io"} {
 		testenv.LookPath(t, tool)
@@ -53,10 +53,11 @@ func newRack(t *testing.T) *rack {
 	n := netns.New(t)
 	r := &rack{dir: t.TempDir()}
 	r.srv = n.AddHost(netns.MAC(1), netip.MustParsePrefix("10.77.0.1/24"))
-	r.boards = []*netns.Host{
-		n.AddHost(netns.MAC(0x0a), netip.MustParsePrefix("10.77.0.10/24")),
-		n.AddHost(netns.MAC(0x0b), netip.MustParsePrefix("10.77.0.11/24")),
+	var ipA, ipB netip.Prefix
+	if withIPs {
+		ipA, ipB = netip.MustParsePrefix("10.77.0.10/24"), netip.MustParsePrefix("10.77.0.11/24")
 	}
+	r.boards = []*netns.Host{n.AddHost(netns.MAC(0x0a), ipA), n.AddHost(netns.MAC(0x0b), ipB)}
 	os.MkdirAll(filepath.Join(r.dir, "tree", "amd64"), 0o755)
 	os.WriteFile(filepath.Join(r.dir, "tree", "amd64", "vmlinuz"), bytes.Repeat([]byte("K"), 3<<20), 0o644)
 	os.WriteFile(filepath.Join(r.dir, "tree", "amd64", "initrd.img"), bytes.Repeat([]byte("I"), 1<<20), 0o644)
@@ -71,7 +72,7 @@ func (r *rack) start(t *testing.T) *server {
 	t.Helper()
 	cmd := r.srv.Command(t.Context(), rackbootBin, "serve", "--config", r.config)
 	return startCommand(t, cmd, func() bool {
-		return r.boards[0].Command(t.Context(), "curl", "-s", "-o", "/dev/null", "http://10.77.0.1:8080/").Run() == nil
+		return r.srv.Command(t.Context(), "curl", "-s", "-o", "/dev/null", "http://10.77.0.1:8080/").Run() == nil
 	})
 }
 
@@ -92,7 +93,7 @@ func (r *rack) bootConfig(t *testing.T, i int, url string) string {
 // that a board gets its own boot config and NBD root only, and that a new
 // boot invalidates the previous one.
 func TestBoardIsolation(t *testing.T) {
-	r := newRack(t)
+	r := newRack(t, true)
 	srv := r.start(t)
 	a, b := r.boards[0], r.boards[1]
 	cfgA := "http://10.77.0.1:8080/pxelinux.cfg/01-52-54-00-7b-00-0a"
@@ -136,8 +137,8 @@ func TestBoardIsolation(t *testing.T) {
 		t.Errorf("the new boot sees the previous boot's writes: %v\n%s", err, out)
 	}
 	srv.stop(syscall.SIGTERM)
-	if sessions := r.sessions(t); strings.Contains(sessions, "@"+tok1[:12]) || !strings.Contains(sessions, "@"+tok2[:12]) {
-		t.Errorf("layers on disk after the second boot:\n%s", sessions)
+	if sessions := r.sessions(t); strings.Count(sessions, "board-a@") != 1 || strings.Contains(sessions, tok1[:8]) || strings.Contains(sessions, tok2[:8]) {
+		t.Errorf("layers on disk after the second boot (want one for board-a, naming no token):\n%s", sessions)
 	}
 }
 
@@ -147,4 +148,93 @@ func (r *rack) sessions(t *testing.T) string {
 		t.Fatalf("listing sessions: %v\n%s", err, out)
 	}
 	return fmt.Sprint(string(out))
+}
+
+const udhcpcScript = `#!/bin/sh
+case "$1" in
+bound|renew)
+	ip addr add "$ip/$mask" dev "$interface"
+	echo "ip=$ip hostname=$hostname boot_file=$boot_file siaddr=$siaddr" > "$RESULT"
+	;;
+esac
+`
+
+// dhcpBoot runs busybox udhcpc on board i as PXE firmware would identify
+// itself, configures the address and returns what it was told.
+func (r *rack) dhcpBoot(t *testing.T, i int) string {
+	t.Helper()
+	script := filepath.Join(r.dir, "udhcpc.sh")
+	os.WriteFile(script, []byte(udhcpcScript), 0o755)
+	result := filepath.Join(r.dir, fmt.Sprintf("lease%d", i))
+	cmd := r.boards[i].Command(t.Context(), "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1",
+		"-V", "PXEClient:Arch:00000:UNDI:002001", "-s", script)
+	cmd.Env = append(os.Environ(), "RESULT="+result)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc on board %d: %v\n%s", i, err, out)
+	}
+	b, err := os.ReadFile(result)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// TestRackDHCP boots boards' network side for real: DHCP from `rackboot
+// serve` in full mode (busybox udhcpc as PXE firmware), then the boot
+// config and kernel over TFTP, and checks the boot timeline the API shows.
+func TestRackDHCP(t *testing.T) {
+	testenv.LookPath(t, "busybox")
+	r := newRack(t, false)
+	cfg, _ := os.ReadFile(r.config)
+	cfg = bytes.Replace(cfg, []byte("boards:\n  - {name: board-a, mac: \"52:54:00:7b:00:0a\", arch: amd64, image: minimal}"),
+		[]byte("dhcp: {mode: full, interfaces: [eth0], range_start: 10.77.0.100, range_end: 10.77.0.150, probe: false}\nboards:\n  - {name: board-a, mac: \"52:54:00:7b:00:0a\", arch: amd64, image: minimal, ip: 10.77.0.10}"), 1)
+	os.WriteFile(r.config, cfg, 0o644)
+	srv := r.start(t)
+
+	if got, want := r.dhcpBoot(t, 0), "ip=10.77.0.10 hostname=board-a boot_file=lpxelinux.0 siaddr=10.77.0.1"; got != want {
+		t.Errorf("board A's lease: %s; want %s", got, want)
+	}
+	got := r.dhcpBoot(t, 1)
+	if !regexp.MustCompile(`^ip=10\.77\.0\.1[0-4][0-9] hostname=board-b boot_file=lpxelinux\.0`).MatchString(got) {
+		t.Errorf("board B's lease: %s; want one from the dynamic range", got)
+	}
+	r.bootConfig(t, 0, "tftp://10.77.0.1/pxelinux.cfg/01-52-54-00-7b-00-0a")
+	r.boards[0].Run(t, "curl", "-fsS", "-o", "/dev/null", "--tftp-blksize", "1468", "tftp://10.77.0.1/amd64/vmlinuz")
+	api := r.boards[0].Run(t, "curl", "-fsS", "http://10.77.0.1:8080/api/v1/boots?limit=1")
+	for _, want := range []string{`"board": "board-a"`, `"ip": "10.77.0.10"`, `"kind": "config"`, `"name": "amd64/vmlinuz"`, `"bytes": 3145728`} {
+		if !strings.Contains(api, want) {
+			t.Errorf("boot timeline lacks %s:\n%s", want, api)
+		}
+	}
+	srv.stop(syscall.SIGTERM)
+
+	// The leases survive a restart: board A renews the same address.
+	srv = r.start(t)
+	r.boards[0].Run(t, "ip", "addr", "flush", "dev", "eth0")
+	if got := r.dhcpBoot(t, 0); !strings.HasPrefix(got, "ip=10.77.0.10 ") {
+		t.Errorf("board A after a restart: %s", got)
+	}
+	srv.stop(syscall.SIGTERM)
+}
+
+// TestRefusesBesideAnotherDHCPServer runs dnsmasq on the boot network:
+// `rackboot serve` in full mode must refuse to start, naming it.
+func TestRefusesBesideAnotherDHCPServer(t *testing.T) {
+	dnsmasq := testenv.LookPath(t, "dnsmasq")
+	r := newRack(t, false)
+	other := r.boards[1] // plays the site's DHCP server
+	other.Run(t, "ip", "addr", "add", "10.77.0.2/24", "dev", "eth0")
+	cmd := other.Command(t.Context(), dnsmasq, "--no-daemon", "--port=0", "--no-resolv", "--no-hosts",
+		"--dhcp-range=10.77.0.200,10.77.0.220,1h", "--no-ping", "--dhcp-leasefile="+filepath.Join(r.dir, "dnsmasq.leases"), "--pid-file=")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cfg, _ := os.ReadFile(r.config)
+	cfg = append(cfg, []byte("dhcp: {mode: full, interfaces: [eth0], range_start: 10.77.0.100, range_end: 10.77.0.150}\n")...)
+	os.WriteFile(r.config, cfg, 0o644)
+	out, err := r.srv.Command(t.Context(), rackbootBin, "serve", "--config", r.config).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "10.77.0.2") {
+		t.Errorf("serve beside dnsmasq: %v; want a refusal naming 10.77.0.2:\n%s", err, out)
+	}
 }
