@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# bench-nbd.sh [benchnbd flags]: compare rackboot's NBD server with nbd-server,
+# qemu-nbd and nbdkit on the same image and clients (see scripts/benchnbd).
+# Installs the Debian packages it needs if they are missing, builds
+# ./cmd/rackboot into a temporary directory and runs the benchmark.
+# QUICK=1 adds -quick (256 MiB image, 3 s rows); OUT=FILE adds -out FILE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(fio libnbd-bin nbd-server qemu-utils nbdkit)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	echo "bench-nbd: installing ${missing[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	install=(apt-get install -y -o DPkg::Lock::Timeout=600 --no-install-recommends "${pkgs[@]}")
+	# A fresh machine has no package lists yet.
+	"${install[@]}" || { apt-get -o DPkg::Lock::Timeout=600 update && "${install[@]}"; }
+fi
+
+tmp=$(mktemp -d /var/tmp/bench-nbd.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+version=$(git describe --tags --always --dirty 2>/dev/null || echo devel)
+go build -trimpath -ldflags "-X main.version=$version" -o "$tmp/rackboot" ./cmd/rackboot
+
+flags=(-rackboot "$tmp/rackboot")
+[[ "${QUICK:-}" == 1 ]] && flags+=(-quick)
+[[ -n "${OUT:-}" ]] && flags+=(-out "$OUT")
+go run ./scripts/benchnbd "${flags[@]}" "$@"

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// row is one measurement of the table.
+type row struct {
+	key   string
+	label string
+	unit  string
+	lower bool // lower is better
+}
+
+// rows returns the table's measurements in order.
+func (c config) rows() []row {
+	return []row{
+		{key: "seq", label: fmt.Sprintf("seq read 1 MiB QD%d, whole image", c.seqDepth), unit: "MiB/s"},
+		{key: "rr1", label: "rand read 4 KiB QD1", unit: "IOPS"},
+		{key: "rr32", label: "rand read 4 KiB QD32", unit: "IOPS"},
+		{key: "rw1", label: "rand write 4 KiB QD1, write layer", unit: "IOPS"},
+		{key: "rw32", label: "rand write 4 KiB QD32, write layer", unit: "IOPS"},
+		{key: "clients", label: fmt.Sprintf("%d clients seq read 1 MiB, whole image", c.clients), unit: "MiB/s"},
+		{key: "connects", label: fmt.Sprintf("%d simultaneous connects, greeting <= %v", c.connects, c.greetWithin), unit: "greeted"},
+		{key: "cost", label: fmt.Sprintf("write layer after %s of rand 4 KiB writes", mib(c.costBytes)), unit: "MiB", lower: true},
+	}
+}
+
+// results holds the figures by row key and server (one per round), and
+// what went wrong.
+type results struct {
+	servers  []string
+	vals     map[string]map[string][]float64
+	problems map[string][]string // by server
+}
+
+func newResults(servers []string) *results {
+	return &results{servers: servers, vals: map[string]map[string][]float64{}, problems: map[string][]string{}}
+}
+
+func (r *results) set(key, server string, v float64) {
+	if r.vals[key] == nil {
+		r.vals[key] = map[string][]float64{}
+	}
+	r.vals[key][server] = append(r.vals[key][server], v)
+}
+
+// get returns the median of the figures of one row and server.
+func (r *results) get(key, server string) (float64, bool) {
+	v := slices.Sorted(slices.Values(r.vals[key][server]))
+	switch n := len(v); {
+	case n == 0:
+		return 0, false
+	case n%2 == 1:
+		return v[n/2], true
+	default:
+		return (v[n/2-1] + v[n/2]) / 2, true
+	}
+}
+
+func (r *results) problem(server, msg string) { r.problems[server] = append(r.problems[server], msg) }
+
+const (
+	// fioAttempts is how often a time-based row is tried when fio times out.
+	fioAttempts = 2
+	// clientStagger spreads the connects of the many-clients row (each
+	// client starts after a random delay up to this), as boards that power
+	// on together reach their NBD connect at slightly different times.
+	// Simultaneous connects are the connect-storm row's business.
+	clientStagger = 320 * time.Millisecond
+)
+
+// bench runs the whole benchmark.
+type bench struct {
+	cfg   config
+	log   *slog.Logger
+	dir   string // the run's temporary directory
+	image string // the base image every server serves
+	res   *results
+}
+
+func (b *bench) run(ctx context.Context) (*report, error) {
+	rep := &report{cfg: b.cfg, rows: b.cfg.rows(), res: b.res, started: time.Now()}
+	rep.machine = machineInfo()
+	rep.tools = toolVersions(ctx, b.cfg.rackboot)
+	rep.loadStart = loadAverage()
+	if l, err := strconv.ParseFloat(rep.loadStart, 64); err == nil && l > float64(runtime.NumCPU())/2 {
+		b.log.Warn("machine is busy; figures will be noisy", "load", l, "cores", runtime.NumCPU())
+	}
+
+	b.image = filepath.Join(b.dir, "base.img")
+	b.log.Info("creating base image", "file", b.image, "bytes", b.cfg.size)
+	if err := createImage(ctx, b.image, b.cfg.size); err != nil {
+		return nil, err
+	}
+	var err error
+	if rep.sumBefore, err = sha256File(b.image); err != nil {
+		return nil, err
+	}
+	b.log.Info("measuring loopback TCP", "dur", b.cfg.loopback)
+	if rep.loopback, err = loopbackBandwidth(ctx, b.cfg.loopback); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		b.log.Error("loopback measurement failed", "err", err)
+	}
+	unavailable := map[string]bool{}
+	for round := range b.cfg.count {
+		for _, name := range b.cfg.servers {
+			if unavailable[name] {
+				continue
+			}
+			b.log.Info("measuring server", "server", name, "round", round+1)
+			ok, err := b.server(ctx, name)
+			if err != nil {
+				return nil, err
+			}
+			unavailable[name] = !ok
+		}
+	}
+	if rep.sumAfter, err = sha256File(b.image); err != nil {
+		return nil, err
+	}
+	rep.imageChanged = rep.sumAfter != rep.sumBefore
+	rep.loadEnd = loadAverage()
+	rep.elapsed = time.Since(rep.started)
+	return rep, nil
+}
+
+// instance is one running server.
+type instance struct {
+	g       *group
+	addr    string
+	layer   string // directory of the write layer
+	stopped bool
+}
+
+func (i *instance) uri(export string) string { return "nbd://" + i.addr + "/" + export }
+
+func (i *instance) stop() error {
+	if i.stopped {
+		return nil
+	}
+	i.stopped = true
+	return i.g.stop()
+}
+
+// start starts a fresh server with an empty write layer under
+// dir/NAME-PHASE and waits until it greets clients.
+func (b *bench) start(ctx context.Context, spec *serverSpec, bin, phase string) (*instance, error) {
+	dir := filepath.Join(b.dir, spec.name+"-"+phase)
+	layer := filepath.Join(dir, "layer")
+	if err := os.MkdirAll(layer, 0o755); err != nil {
+		return nil, fmt.Errorf("creating server directory: %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	si := startInfo{bin: bin, image: b.image, layer: layer, dir: dir, port: port, pidFile: filepath.Join(dir, "server.pid")}
+	argv, env, err := spec.command(si)
+	if err != nil {
+		return nil, err
+	}
+	b.log.Info("starting server", "server", spec.name, "argv", argv, "env", env)
+	g, err := startServer(ctx, argv, env, dir, filepath.Join(dir, "server.log"), si.pidFile, spec.daemon)
+	if err != nil {
+		return nil, err
+	}
+	inst := &instance{g: g, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), layer: layer}
+	if err := waitGreeting(ctx, inst.addr, g, 20*time.Second); err != nil {
+		_ = inst.stop()
+		return nil, err
+	}
+	return inst, nil
+}
+
+// measure runs one row for one server and records its figure or its failure.
+// It returns an error only when ctx is done.
+func (b *bench) measure(ctx context.Context, server, key string, f func() (float64, error)) error {
+	start := time.Now()
+	v, err := f()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		b.log.Error("measurement failed", "server", server, "row", key, "err", err)
+		b.res.problem(server, key+": "+err.Error())
+		return nil
+	}
+	b.res.set(key, server, v)
+	b.log.Info("measured", "server", server, "row", key, "value", v, "dur", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// server measures every row for one server and reports whether the server
+// is installed. It returns an error only when ctx is done; failures are
+// recorded in the results.
+func (b *bench) server(ctx context.Context, name string) (bool, error) {
+	spec := specs()[name]
+	bin, err := spec.lookPath(b.cfg)
+	if err != nil {
+		b.log.Warn("server not measured", "server", name, "err", err)
+		b.res.problem(name, "not measured: "+err.Error())
+		return false, nil
+	}
+	if err := b.throughput(ctx, spec, bin); err != nil {
+		return true, err
+	}
+	return true, b.cost(ctx, spec, bin)
+}
+
+// throughput measures the connect storm and the fio rows on one server.
+func (b *bench) throughput(ctx context.Context, spec *serverSpec, bin string) error {
+	inst, err := b.start(ctx, spec, bin, "main")
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		b.log.Error("server failed to start", "server", spec.name, "err", err)
+		b.res.problem(spec.name, "start: "+err.Error())
+		return nil
+	}
+	defer func() {
+		if serr := inst.stop(); serr != nil {
+			b.log.Warn("stopping server", "server", spec.name, "err", serr)
+		}
+	}()
+	fioDir := filepath.Dir(inst.layer)
+
+	// First, while the server is fresh: a rack powering on at once.
+	err = b.measure(ctx, spec.name, "connects", func() (float64, error) {
+		n, err := connectStorm(ctx, inst.addr, b.cfg.connects, b.cfg.greetWithin)
+		if err != nil && ctx.Err() == nil {
+			b.log.Warn("connect storm", "server", spec.name, "greeted", n, "err", err)
+			b.res.problem(spec.name, "connects: "+err.Error())
+			err = nil
+		}
+		return float64(n), err
+	})
+	if err != nil {
+		return err
+	}
+	jobs := []struct {
+		key string
+		job fioJob
+		bw  bool // report bandwidth, not IOPS
+	}{
+		{"seq", fioJob{uri: inst.uri(spec.readExport), rw: "read", bs: "1M", depth: b.cfg.seqDepth}, true},
+		{"rr1", fioJob{uri: inst.uri(spec.readExport), rw: "randread", bs: "4k", depth: 1}, false},
+		{"rr32", fioJob{uri: inst.uri(spec.readExport), rw: "randread", bs: "4k", depth: 32}, false},
+		{"clients", fioJob{uri: inst.uri(spec.readExport), rw: "read", bs: "1M", depth: 1, jobs: b.cfg.clients, stagger: clientStagger}, true},
+		{"rw1", fioJob{uri: inst.uri(spec.writeExport), rw: "randwrite", bs: "4k", depth: 1}, false},
+		{"rw32", fioJob{uri: inst.uri(spec.writeExport), rw: "randwrite", bs: "4k", depth: 32}, false},
+	}
+	for _, j := range jobs {
+		j.job.name = j.key
+		j.job.runtime, j.job.ramp = b.cfg.runtime, b.cfg.ramp
+		err := b.measure(ctx, spec.name, j.key, func() (float64, error) {
+			var r fioResult
+			var err error
+			for attempt := 1; attempt <= fioAttempts; attempt++ {
+				if !inst.g.alive() {
+					return 0, fmt.Errorf("server is gone%s", inst.g.logTail())
+				}
+				r, err = runFio(ctx, fioDir, j.job)
+				if !errors.Is(err, errHung) || attempt == fioAttempts {
+					break
+				}
+				b.log.Warn("fio timed out; retrying", "server", spec.name, "row", j.key, "attempt", attempt, "err", err)
+				b.res.problem(spec.name, fmt.Sprintf("%s: attempt %d of %d timed out (%v)", j.key, attempt, fioAttempts, err))
+			}
+			if j.bw {
+				return r.bw / (1 << 20), err
+			}
+			return r.iops, err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cost measures the allocated size of the write layer after cfg.costBytes of
+// distinct random 4 KiB writes, on a fresh server. The layer is measured
+// while fio's connection is still open (nbd-server drops its diff on
+// disconnect), again after the disconnect, and after the server stopped
+// (which catches a server that holds writes in memory until then); the
+// largest figure counts.
+func (b *bench) cost(ctx context.Context, spec *serverSpec, bin string) error {
+	inst, err := b.start(ctx, spec, bin, "cost")
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		b.log.Error("server failed to start", "server", spec.name, "err", err)
+		b.res.problem(spec.name, "start for cost: "+err.Error())
+		return nil
+	}
+	defer inst.stop()
+	return b.measure(ctx, spec.name, "cost", func() (float64, error) {
+		var connected int64
+		var holdErr error
+		job := fioJob{
+			name:   "cost",
+			uri:    inst.uri(spec.writeExport),
+			rw:     "randwrite", // fio's random map (on by default) makes every 4 KiB block distinct
+			bs:     "4k",
+			depth:  16,
+			ioSize: b.cfg.costBytes,
+			hold:   func() { connected, holdErr = layerBytes(inst.layer, inst.g.pgid) },
+		}
+		if _, err := runFio(ctx, filepath.Dir(inst.layer), job); err != nil {
+			return 0, err
+		}
+		if holdErr != nil {
+			return 0, holdErr
+		}
+		after, err := layerBytes(inst.layer, inst.g.pgid)
+		if err != nil {
+			return 0, err
+		}
+		if err := inst.stop(); err != nil {
+			return 0, fmt.Errorf("stopping server: %w", err)
+		}
+		stopped, err := layerBytes(inst.layer, 0)
+		if err != nil {
+			return 0, err
+		}
+		b.log.Info("write layer", "server", spec.name, "connected", connected, "disconnected", after, "stopped", stopped)
+		total := max(connected, after, stopped)
+		if total == 0 {
+			return 0, errors.New("found no write layer")
+		}
+		return float64(total) / (1 << 20), nil
+	})
+}
+
+// mib formats a byte count in MiB.
+func mib(n int64) string { return strconv.FormatInt(n>>20, 10) + " MiB" }

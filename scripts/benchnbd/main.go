@@ -1,0 +1,49 @@
+// Command benchnbd compares rackboot's NBD server with the reference servers
+// nbd-server (copyonwrite = true), qemu-nbd --snapshot and nbdkit --filter=cow
+// on the same base image and with the same clients (fio's nbd ioengine, built
+// on libnbd), and prints a table with rackboot's ratio to the best reference.
+//
+// It is run by scripts/bench-nbd.sh (make bench-nbd), which installs the
+// reference servers and builds rackboot first:
+//
+//	go run ./scripts/benchnbd -rackboot /tmp/rackboot [-quick] [-servers LIST] [-out FILE]
+//
+// # Method
+//
+// A base image of random content is created under -workdir and served, one
+// server at a time, on 127.0.0.1 with a port the kernel picked. Read rows use
+// rackboot's read-only export and the other servers' only (copy-on-write)
+// export; write rows go to a copy-on-write export. Each server is started
+// twice: once for the throughput rows and the connect storm, and once more,
+// with an empty write layer, for the write-layer cost row. The base image's
+// SHA-256 is checked before and after the run.
+//
+// # Caveats
+//
+// Child processes are killed on exit, including on SIGINT. nbd-server
+// daemonizes; it is stopped through its PID file and process group.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintln(os.Stderr, "benchnbd: interrupted")
+		os.Exit(130)
+	default:
+		fmt.Fprintln(os.Stderr, "benchnbd:", err)
+		os.Exit(1)
+	}
+}

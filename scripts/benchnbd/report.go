@@ -1,0 +1,313 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// report is everything the run prints.
+type report struct {
+	cfg          config
+	rows         []row
+	res          *results
+	machine      []string
+	tools        []string
+	sumBefore    string
+	sumAfter     string
+	imageChanged bool
+	loopback     float64 // bytes per second, 0 if not measured
+	loadStart    string  // /proc/loadavg's 1-minute figure at the start
+	loadEnd      string  // and at the end
+	started      time.Time
+	elapsed      time.Duration
+}
+
+// loadAverage returns the 1-minute load average, or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
+// machineInfo describes the machine the run is on.
+func machineInfo() []string {
+	cpu := "unknown CPU"
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	kernel := "unknown"
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = strings.TrimSpace(string(b))
+	}
+	osName := "Linux"
+	if b, err := os.ReadFile("/etc/os-release"); err == nil {
+		if m := regexp.MustCompile(`(?m)^PRETTY_NAME="?([^"\n]*)`).FindSubmatch(b); m != nil {
+			osName = string(m[1])
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kib int64
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kib); err == nil {
+			mem = fmt.Sprintf(", %.0f GiB RAM", float64(kib)/(1<<20))
+		}
+	}
+	return []string{
+		fmt.Sprintf("%s, %d cores%s", cpu, runtime.NumCPU(), mem),
+		fmt.Sprintf("%s, kernel %s, %s", osName, kernel, runtime.Version()),
+	}
+}
+
+// toolVersions returns the versions of the client and the servers.
+func toolVersions(ctx context.Context, rackboot string) []string {
+	version := func(pattern string, argv ...string) string {
+		if _, err := exec.LookPath(argv[0]); err != nil {
+			return argv[0] + " not installed"
+		}
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+		if m := regexp.MustCompile(pattern).FindStringSubmatch(string(out)); m != nil {
+			return strings.Join(m[1:], " ")
+		}
+		return argv[0] + " (unknown version)"
+	}
+	v := []string{
+		version(`(fio-\S+)`, "fio", "--version"),
+		version(`(?m)^(libnbd \S+)`, "nbdinfo", "--version"),
+		version(`(nbd-server) version (\S+)`, "nbd-server", "-V"),
+		version(`(qemu-nbd \S+)`, "qemu-nbd", "--version"),
+		version(`(nbdkit \S+)`, "nbdkit", "--version"),
+	}
+	if rackboot != "" {
+		v = append(v, version(`(rackboot \S+)`, rackboot, "version"))
+	}
+	return v
+}
+
+// best returns the best reference figure of a row.
+func (r *report) best(rw row) (float64, bool) {
+	var best float64
+	found := false
+	for _, s := range r.res.servers {
+		if s == "rackboot" {
+			continue
+		}
+		v, ok := r.res.get(rw.key, s)
+		if !ok {
+			continue
+		}
+		if !found || (rw.lower && v < best) || (!rw.lower && v > best) {
+			best, found = v, true
+		}
+	}
+	return best, found
+}
+
+// ratio returns rackboot's ratio to the best reference, oriented so that
+// >= 1 means rackboot is at least as good.
+func (r *report) ratio(rw row) (float64, bool) {
+	best, ok := r.best(rw)
+	v, rok := r.res.get(rw.key, "rackboot")
+	if !ok || !rok || best <= 0 || v <= 0 {
+		return 0, false
+	}
+	if rw.lower {
+		return best / v, true
+	}
+	return v / best, true
+}
+
+func (r *report) format(rw row, v float64) string {
+	switch rw.key {
+	case "connects":
+		return fmt.Sprintf("%.0f/%d", v, r.cfg.connects)
+	case "cost":
+		return fmt.Sprintf("%.1f (%.2fx)", v, v*(1<<20)/float64(r.cfg.costBytes))
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+// table returns the header and the cells of the results table.
+func (r *report) table() [][]string {
+	head := append([]string{"measurement", "unit"}, r.res.servers...)
+	head = append(head, "best ref", "rackboot/best", "target")
+	t := [][]string{head}
+	for _, rw := range r.rows {
+		line := []string{rw.label, rw.unit}
+		for _, s := range r.res.servers {
+			if v, ok := r.res.get(rw.key, s); ok {
+				line = append(line, r.format(rw, v))
+			} else {
+				line = append(line, "n/a")
+			}
+		}
+		if v, ok := r.best(rw); ok {
+			line = append(line, r.format(rw, v))
+		} else {
+			line = append(line, "n/a")
+		}
+		if q, ok := r.ratio(rw); ok {
+			verdict := "met"
+			if math.Round(q*100) < 100 { // as shown
+				verdict = "MISSED"
+			}
+			line = append(line, fmt.Sprintf("%.2fx", q), verdict)
+		} else {
+			line = append(line, "n/a", "n/a")
+		}
+		t = append(t, line)
+	}
+	return t
+}
+
+// notes returns the lines printed under the table.
+func (r *report) notes() []string {
+	n := []string{
+		"rackboot/best: rackboot divided by the best reference; for the write-layer row (lower is better) the best " +
+			"reference divided by rackboot, so >= 1.00x always means rackboot is at least as good. Target: >= 1.00x " +
+			"(as shown, to two decimals) on every row. The write-layer row's (N.NNx) is the layer's size over the bytes written.",
+	}
+	if r.loopback > 0 {
+		line := fmt.Sprintf("loopback TCP, one stream in-process: %.0f MiB/s", r.loopback/(1<<20))
+		if v, ok := r.res.get("seq", "rackboot"); ok {
+			pct := 100 * v * (1 << 20) / r.loopback
+			verdict := "met"
+			if pct < 50 {
+				verdict = "MISSED"
+			}
+			line += fmt.Sprintf("; rackboot seq read = %.0f%% of it (target >= 50%%: %s)", pct, verdict)
+		} else {
+			line += "; rackboot seq read not measured"
+		}
+		n = append(n, line)
+	} else {
+		n = append(n, "loopback TCP: not measured")
+	}
+	status := "unchanged"
+	if r.imageChanged {
+		status = "CHANGED: " + r.sumAfter
+	}
+	n = append(n, fmt.Sprintf("base image: %s of random data, sha256 %s, %s at the end of the run", mib(r.cfg.size), r.sumBefore, status))
+	if r.cfg.count > 1 {
+		n = append(n, fmt.Sprintf("each figure is the median of %d rounds; servers ran one at a time, in column order, each round", r.cfg.count))
+	} else {
+		n = append(n, "one round: servers ran one at a time, in column order; on a shared machine, use -count 3 or more for figures to publish")
+	}
+	n = append(n, fmt.Sprintf("client: fio --ioengine=nbd (libnbd); time-based rows run %v after %v of warm-up; "+
+		"%d clients = fio numjobs=%d threads, one NBD connection each, started over %v (random startdelay), aggregate bandwidth; "+
+		"a run that times out (typically a connection never greeted) is tried up to %d times; write layer = allocated blocks (st_blocks*512)",
+		r.cfg.runtime, r.cfg.ramp, r.cfg.clients, r.cfg.clients, clientStagger, fioAttempts))
+	sp := specs()
+	for _, s := range r.res.servers {
+		n = append(n, sp[s].note)
+	}
+	for _, s := range r.res.servers {
+		for _, p := range r.res.problems[s] {
+			n = append(n, s+" problem: "+p)
+		}
+	}
+	n = append(n, fmt.Sprintf("run took %v", r.elapsed.Round(time.Second)))
+	return n
+}
+
+func (r *report) header() []string {
+	return []string{
+		"rackboot NBD benchmark, " + r.started.Format("2006-01-02 15:04 MST"),
+		"machine: " + strings.Join(r.machine, "; ") + "; load average " + r.loadStart + " at start, " + r.loadEnd + " at end",
+		"tools: " + strings.Join(r.tools, ", "),
+	}
+}
+
+// writeText writes the report as an aligned plain-text table.
+func (r *report) writeText(w io.Writer) {
+	for _, l := range r.header() {
+		fmt.Fprintln(w, l)
+	}
+	fmt.Fprintln(w)
+	t := r.table()
+	width := make([]int, len(t[0]))
+	for _, line := range t {
+		for i, c := range line {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	for li, line := range t {
+		var sb strings.Builder
+		for i, c := range line {
+			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(c))
+			switch {
+			case i == 0 || i == 1:
+				sb.WriteString(c + pad)
+			default:
+				sb.WriteString(pad + c)
+			}
+			if i < len(line)-1 {
+				sb.WriteString("  ")
+			}
+		}
+		fmt.Fprintln(w, strings.TrimRight(sb.String(), " "))
+		if li == 0 {
+			total := len(width)*2 - 2
+			for _, x := range width {
+				total += x
+			}
+			fmt.Fprintln(w, strings.Repeat("-", total))
+		}
+	}
+	fmt.Fprintln(w)
+	for _, l := range r.notes() {
+		fmt.Fprintln(w, "- "+l)
+	}
+}
+
+// writeMarkdown writes the report as Markdown, for the README.
+func (r *report) writeMarkdown(w io.Writer) {
+	h := r.header()
+	fmt.Fprintf(w, "### %s\n\n", h[0])
+	for _, l := range h[1:] {
+		fmt.Fprintf(w, "%s  \n", l)
+	}
+	fmt.Fprintln(w)
+	t := r.table()
+	for li, line := range t {
+		cells := make([]string, len(line))
+		for i, c := range line {
+			cells[i] = strings.ReplaceAll(c, "|", `\|`)
+		}
+		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
+		if li == 0 {
+			sep := make([]string, len(line))
+			for i := range sep {
+				sep[i] = "---:"
+				if i < 2 {
+					sep[i] = "---"
+				}
+			}
+			fmt.Fprintf(w, "| %s |\n", strings.Join(sep, " | "))
+		}
+	}
+	fmt.Fprintln(w)
+	for _, l := range r.notes() {
+		fmt.Fprintln(w, "- "+l)
+	}
+}
