@@ -14,7 +14,9 @@ COUNT ?= 1
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
 # Debian packages the tests drive: real NBD clients.
-TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools busybox isc-dhcp-client dnsmasq-base iproute2
+TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools busybox isc-dhcp-client dnsmasq-base iproute2 gdisk util-linux
+# Virtual boards for the VM tests.
+VM_PKGS := qemu-system-x86 ipxe-qemu qemu-system-arm u-boot-qemu
 # Reference servers for the comparative benchmarks.
 BENCH_NBD_PKGS := libnbd-bin qemu-utils nbd-server nbdkit fio
 
@@ -64,6 +66,17 @@ bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for 
 
 OUT := out
 BOOT_TREE := $(OUT)/boot
+
+ARCH ?= amd64
+
+.PHONY: initramfs
+initramfs: ## board kernel and initramfs for ARCH=amd64|arm64|armhf into out/boot/ARCH
+	scripts/kernel.sh $(ARCH) $(OUT)
+
+.PHONY: vmtest
+vmtest: deps initramfs ## QEMU tests: iPXE, U-Boot and the initramfs booting a board (TCG here, slow)
+	scripts/apt-ensure.sh $(VM_PKGS)
+	RACKBOOT_REQUIRE_TOOLS=1 $(GO) test -count=1 -tags vmtest -timeout 30m ./dhcp/ ./initramfs/vmtest/
 
 .PHONY: boot-tree
 boot-tree: ## collect pxelinux, ldlinux.c32 and iPXE from Debian packages into out/boot

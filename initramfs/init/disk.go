@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/rackboot/rackboot/initramfs/boot"
+	"github.com/rackboot/rackboot/initramfs/disk"
+)
+
+// buildDisk adapts package disk to boot.BuildDisk: list, select, wipe,
+// then GPT + ext4 with mke2fs (packed in the initramfs).
+type buildDisk struct{}
+
+func (buildDisk) Build(ctx context.Context, selector string, exclude []string) (string, error) {
+	disks, err := disk.List("/sys", "/dev")
+	if err != nil {
+		return "", fmt.Errorf("listing disks: %w", err)
+	}
+	d, err := disk.Select(disks, selector, exclude...)
+	if errors.Is(err, disk.ErrNoMatch) || errors.Is(err, disk.ErrNone) {
+		return "", fmt.Errorf("%w: %w", boot.ErrNoDisk, err)
+	}
+	if err != nil {
+		return "", err
+	}
+	w, err := disk.Wipe(ctx, d.Path)
+	if err != nil {
+		return "", fmt.Errorf("wiping %s: %w", d.Path, err)
+	}
+	fmt.Fprintf(os.Stdout, "rackboot: wiped %s (%d bytes) by %s in %s, found %v\n", d.Path, w.Size, w.Method, w.Duration, w.Found)
+	res, err := disk.Build(ctx, d.Path, disk.BuildOptions{Prezeroed: w.ZeroFilled})
+	if err != nil {
+		return "", fmt.Errorf("building %s: %w", d.Path, err)
+	}
+	if res.Partition == "" {
+		return "", fmt.Errorf("building %s: no partition device", d.Path)
+	}
+	return res.Partition, nil
+}

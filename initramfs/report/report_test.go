@@ -1,0 +1,101 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestReports(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var got []Step
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/api/v1/report" || r.Header.Get("Authorization") != "Bearer tok" {
+			http.Error(w, "bad", http.StatusBadRequest)
+			return
+		}
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		var s Step
+		if err := dec.Decode(&s); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got = append(got, s)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	var console bytes.Buffer
+	var cmu sync.Mutex
+	r := &Reporter{URL: srv.URL + "/api/v1/report", Token: "tok", Console: lockedWriter{&cmu, &console}}
+	r.Record("mount", time.Millisecond, nil)
+	r.Record("modules", 2*time.Millisecond, errors.New("no nbd.ko"))
+	r.Online()
+	r.RecordInfo("identify", 0, `{"cpus":2}`)
+	r.Flush(t.Context())
+	want := []Step{
+		{Name: "mount", Status: "ok", Duration: time.Millisecond},
+		{Name: "modules", Status: "failed", Duration: 2 * time.Millisecond, Error: "no nbd.ko"},
+		{Name: "identify", Status: "ok", Error: `{"cpus":2}`},
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("reports (-want +got):\n%s", diff)
+	}
+	cmu.Lock()
+	defer cmu.Unlock()
+	if !strings.Contains(console.String(), "rackboot: step=modules status=failed dur=2ms err=no nbd.ko\n") {
+		t.Errorf("console:\n%s", console.String())
+	}
+}
+
+// A dead appliance (a listener that never answers) costs at most the
+// failures allowed times the timeout, and later steps don't wait at all.
+func TestDeadApplianceIsBounded(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close() // accepts into the backlog, never answers
+	r := &Reporter{URL: "http://" + ln.Addr().String() + "/api/v1/report", Token: "t", Timeout: 100 * time.Millisecond}
+	r.Online()
+	start := time.Now()
+	for range 10 {
+		r.Record("step", 0, nil)
+	}
+	r.Flush(t.Context())
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("flushing 10 reports to a dead appliance took %v", d)
+	}
+	r.Record("late", 0, nil)
+	start = time.Now()
+	r.Flush(t.Context())
+	if d := time.Since(start); d > 10*time.Millisecond {
+		t.Errorf("flush after giving up took %v", d)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
