@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -350,7 +351,13 @@ type Step struct {
 	Status   string        `json:"status"` // running, ok, failed
 	Duration time.Duration `json:"duration_ns"`
 	Error    string        `json:"error,omitempty"`
+	// Detail is optional JSON the step carries: the machine's facts in
+	// identify mode, the agent's capabilities in its heartbeat.
+	Detail json.RawMessage `json:"detail,omitempty"`
 }
+
+// MaxDetail bounds Step.Detail.
+const MaxDetail = 16 << 10
 
 // ErrBadToken is returned by Report for a token that isn't the current
 // boot of the board at the reporting address.
@@ -367,7 +374,7 @@ func (l *Lab) Report(ctx context.Context, token string, peer netip.Addr, s Step)
 			return fmt.Errorf("report for boot %d of %s: %w", rec.ID, rec.Board, ErrBadToken)
 		}
 	}
-	if len(s.Name) > 64 || len(s.Status) > 16 || len(s.Error) > 4096 {
+	if len(s.Name) > 64 || len(s.Status) > 16 || len(s.Error) > 4096 || len(s.Detail) > MaxDetail {
 		return fmt.Errorf("report from %s: oversized fields: %w", peer, fs.ErrInvalid)
 	}
 	log := l.log.With("board", rec.Board, "boot", rec.ID)
@@ -376,7 +383,7 @@ func (l *Lab) Report(ctx context.Context, token string, peer netip.Addr, s Step)
 	} else {
 		log.Info("boot step", "step", s.Name, "status", s.Status, "dur", s.Duration)
 	}
-	l.event(ctx, rec.ID, Event{Kind: "step", Name: s.Name, Status: s.Status, Duration: s.Duration, Error: s.Error})
+	l.event(ctx, rec.ID, Event{Kind: "step", Name: s.Name, Status: s.Status, Duration: s.Duration, Error: s.Error, Detail: string(s.Detail)})
 	return nil
 }
 

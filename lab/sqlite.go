@@ -70,6 +70,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_boot ON events (boot_id, id);
 `,
+	2: `ALTER TABLE events ADD COLUMN detail TEXT NOT NULL DEFAULT ''`,
 }
 
 // SQLite is the Store on a SQLite database file.
@@ -362,15 +363,15 @@ func (s *SQLite) Boots(ctx context.Context, limit int) ([]BootRecord, error) {
 // AddEvent implements Store.
 func (s *SQLite) AddEvent(ctx context.Context, e Event) error {
 	_, err := s.db.ExecContext(ctx, `
-INSERT INTO events (boot_id, time_ns, kind, name, status, bytes, dur_ns, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-		e.BootID, ns(e.Time), e.Kind, e.Name, e.Status, e.Bytes, int64(e.Duration), e.Error)
+INSERT INTO events (boot_id, time_ns, kind, name, status, bytes, dur_ns, error, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		e.BootID, ns(e.Time), e.Kind, e.Name, e.Status, e.Bytes, int64(e.Duration), e.Error, e.Detail)
 	return err
 }
 
 // Events implements Store.
 func (s *SQLite) Events(ctx context.Context, bootID int64) ([]Event, error) {
 	rows, err := s.db.QueryContext(ctx, `
-SELECT boot_id, time_ns, kind, name, status, bytes, dur_ns, error FROM events WHERE boot_id = $1 ORDER BY id`, bootID)
+SELECT boot_id, time_ns, kind, name, status, bytes, dur_ns, error, detail FROM events WHERE boot_id = $1 ORDER BY id`, bootID)
 	if err != nil {
 		return nil, err
 	}
@@ -379,7 +380,7 @@ SELECT boot_id, time_ns, kind, name, status, bytes, dur_ns, error FROM events WH
 	for rows.Next() {
 		var e Event
 		var t, d int64
-		if err := rows.Scan(&e.BootID, &t, &e.Kind, &e.Name, &e.Status, &e.Bytes, &d, &e.Error); err != nil {
+		if err := rows.Scan(&e.BootID, &t, &e.Kind, &e.Name, &e.Status, &e.Bytes, &d, &e.Error, &e.Detail); err != nil {
 			return nil, err
 		}
 		e.Time, e.Duration = fromNS(t), time.Duration(d)

@@ -100,4 +100,5 @@ type Event struct {
 	Bytes    int64
 	Duration time.Duration
 	Error    string
+	Detail   string // JSON, from a report
 }

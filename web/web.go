@@ -219,6 +219,8 @@ type EventView struct {
 	Bytes    int64     `json:"bytes,omitempty"`
 	Duration int64     `json:"duration_ns,omitempty"`
 	Error    string    `json:"error,omitempty"`
+	// Detail is the JSON a report carried.
+	Detail json.RawMessage `json:"detail,omitempty"`
 }
 
 func (s *Server) boots(w http.ResponseWriter, r *http.Request) {
@@ -252,6 +254,9 @@ func (s *Server) boots(w http.ResponseWriter, r *http.Request) {
 		for _, e := range events {
 			v.Events = append(v.Events, EventView{Time: e.Time, Kind: e.Kind, Name: e.Name, Status: e.Status,
 				Bytes: e.Bytes, Duration: int64(e.Duration), Error: e.Error})
+			if json.Valid([]byte(e.Detail)) {
+				v.Events[len(v.Events)-1].Detail = json.RawMessage(e.Detail)
+			}
 		}
 		out = append(out, v)
 	}

@@ -153,19 +153,21 @@ func TestReport(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	tests := map[string]struct {
-		token, body string
-		want        int
+	// In order: the accepted ones build the timeline checked below.
+	tests := []struct {
+		name, token, body string
+		want              int
 	}{
-		"ok":            {m[1], `{"step":"network","status":"ok","duration_ns":1000}`, http.StatusNoContent},
-		"failed step":   {m[1], `{"step":"disk","status":"failed","error":"no disk"}`, http.StatusNoContent},
-		"no token":      {"", `{"step":"network","status":"ok"}`, http.StatusUnauthorized},
-		"wrong token":   {strings.Repeat("0", 32), `{"step":"network","status":"ok"}`, http.StatusForbidden},
-		"bad json":      {m[1], `{"step":`, http.StatusBadRequest},
-		"unknown field": {m[1], `{"step":"x","evil":1}`, http.StatusBadRequest},
+		{"ok", m[1], `{"step":"network","status":"ok","duration_ns":1000}`, http.StatusNoContent},
+		{"failed step", m[1], `{"step":"disk","status":"failed","error":"no disk"}`, http.StatusNoContent},
+		{"detail", m[1], `{"step":"heartbeat","status":"ok","detail":{"cpus":2}}`, http.StatusNoContent},
+		{"no token", "", `{"step":"network","status":"ok"}`, http.StatusUnauthorized},
+		{"wrong token", strings.Repeat("0", 32), `{"step":"network","status":"ok"}`, http.StatusForbidden},
+		{"bad json", m[1], `{"step":`, http.StatusBadRequest},
+		{"unknown field", m[1], `{"step":"x","evil":1}`, http.StatusBadRequest},
 	}
-	for name, tt := range tests {
-		t.Run(name, func(t *testing.T) {
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
 			if got := post(tt.token, tt.body); got != tt.want {
 				t.Errorf("POST: %d; want %d", got, tt.want)
 			}
@@ -182,11 +184,11 @@ func TestReport(t *testing.T) {
 			steps = append(steps, e.Name+"="+e.Status)
 		}
 	}
-	if strings.Join(steps, ",") != "network=ok,disk=failed" {
+	if strings.Join(steps, ",") != "network=ok,disk=failed,heartbeat=ok" {
 		t.Errorf("steps recorded: %v", steps)
 	}
 	code, body := get(t, base+"/api/v1/boots")
-	if code != 200 || !strings.Contains(body, `"board": "loopy"`) || !strings.Contains(body, `"name": "disk"`) {
+	if code != 200 || !strings.Contains(body, `"board": "loopy"`) || !strings.Contains(body, `"name": "disk"`) || !strings.Contains(body, `"cpus": 2`) {
 		t.Errorf("GET /api/v1/boots: %d\n%s", code, body)
 	}
 	if strings.Contains(body, m[1]) {

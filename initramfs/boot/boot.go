@@ -235,7 +235,7 @@ func (b *booter) identify(ctx context.Context) error {
 		return b.fail(ctx, failure{StepIdentify, err})
 	}
 	b.rep.Printf("identify: %s", j)
-	b.rep.RecordInfo(StepIdentify, time.Since(start), string(j))
+	b.rep.RecordDetail(StepIdentify, time.Since(start), j)
 	b.flush(ctx)
 	b.rep.Printf("powering off")
 	return b.sys.PowerOff()

@@ -37,7 +37,13 @@ type Step struct {
 	Status   string        `json:"status"`
 	Duration time.Duration `json:"duration_ns"`
 	Error    string        `json:"error,omitempty"`
+	// Detail is JSON the appliance stores with the step (identify mode's
+	// machine description), at most MaxDetail bytes.
+	Detail json.RawMessage `json:"detail,omitempty"`
 }
+
+// MaxDetail bounds Step.Detail, as the appliance does.
+const MaxDetail = 16 << 10
 
 // Reporter prints and reports steps. Set the fields before the first call;
 // its methods are safe for concurrent use.
@@ -100,13 +106,14 @@ func (r *Reporter) Record(name string, dur time.Duration, err error) {
 	r.enqueue(s)
 }
 
-// RecordInfo queues a step whose Error field carries information rather
-// than an error (identify mode's machine description): status ok.
-func (r *Reporter) RecordInfo(name string, dur time.Duration, info string) {
-	if len(info) > maxError {
-		info = info[:maxError]
+// RecordDetail queues a successful step carrying detail, a JSON value
+// (identify mode's machine description); detail over MaxDetail is
+// dropped.
+func (r *Reporter) RecordDetail(name string, dur time.Duration, detail []byte) {
+	s := Step{Name: name, Status: StatusOK, Duration: dur}
+	if len(detail) <= MaxDetail && json.Valid(detail) {
+		s.Detail = detail
 	}
-	s := Step{Name: name, Status: StatusOK, Duration: dur, Error: info}
 	r.print(Step{Name: name, Status: StatusOK, Duration: dur})
 	r.enqueue(s)
 }

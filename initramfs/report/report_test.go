@@ -43,12 +43,12 @@ func TestReports(t *testing.T) {
 	r.Record("mount", time.Millisecond, nil)
 	r.Record("modules", 2*time.Millisecond, errors.New("no nbd.ko"))
 	r.Online()
-	r.RecordInfo("identify", 0, `{"cpus":2}`)
+	r.RecordDetail("identify", 0, []byte(`{"cpus":2}`))
 	r.Flush(t.Context())
 	want := []Step{
 		{Name: "mount", Status: "ok", Duration: time.Millisecond},
 		{Name: "modules", Status: "failed", Duration: 2 * time.Millisecond, Error: "no nbd.ko"},
-		{Name: "identify", Status: "ok", Error: `{"cpus":2}`},
+		{Name: "identify", Status: "ok", Detail: json.RawMessage(`{"cpus":2}`)},
 	}
 	mu.Lock()
 	defer mu.Unlock()
