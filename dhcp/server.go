@@ -158,6 +158,9 @@ type Server struct {
 	// Leases persists full-mode leases; nil keeps them in memory only.
 	Leases LeaseStore
 
+	// OnReply, if set, is called after each reply is sent, from the
+	// goroutine that handled the request: for boot timelines.
+	OnReply func(Reply)
 	// SkipProbe disables the check in ListenAndServe that no other DHCP
 	// server answers on Interface before serving in full mode.
 	SkipProbe bool
@@ -550,6 +553,24 @@ func (s *Server) servePacket(ctx context.Context, conn net.PacketConn, l2 *rawCo
 		return
 	}
 	s.send(conn, l2, r)
+	if s.OnReply != nil {
+		ip, _ := netip.AddrFromSlice(r.pkt.YourIPAddr.To4())
+		s.OnReply(Reply{
+			MAC:      append(net.HardwareAddr(nil), r.pkt.ClientHWAddr...),
+			Type:     r.pkt.MessageType().String(),
+			IP:       ip,
+			BootFile: r.pkt.BootFileName,
+		})
+	}
+}
+
+// Reply describes a reply the server sent, for Server.OnReply.
+type Reply struct {
+	MAC net.HardwareAddr
+	// Type is the DHCP message type: "OFFER", "ACK" or "NAK".
+	Type     string
+	IP       netip.Addr // yiaddr, zero in proxy replies and NAKs
+	BootFile string
 }
 
 // send delivers a reply: at layer 2 when the route says so and a packet

@@ -73,6 +73,46 @@ func (l *Lab) DHCP(ctx context.Context, c DHCPClient) DHCPAnswer {
 	return DHCPAnswer{IP: b.IP, Hostname: b.Name, BootFile: l.bootFile(c.Firmware)}
 }
 
+// DHCPReply records a DHCP reply to a board. Replies with a boot program
+// go to the firmware, before the boot starts (when the config is fetched):
+// they wait in memory and open the timeline of the board's next boot.
+// Replies without one (the initramfs, the booted system) belong to the
+// current boot.
+func (l *Lab) DHCPReply(ctx context.Context, mac net.HardwareAddr, typ string, ip netip.Addr, bootFile string) {
+	b := l.byMAC[mac.String()]
+	if b == nil {
+		return
+	}
+	e := Event{Time: l.now(), Kind: "dhcp", Name: typ, Status: "ok"}
+	if ip.IsValid() {
+		e.Name += " " + ip.String()
+	}
+	if bootFile == "" {
+		if rec, err := l.store.CurrentBoot(ctx, b.Name); err == nil && rec.Ended.IsZero() {
+			l.event(ctx, rec.ID, e)
+		}
+		return
+	}
+	e.Name += " " + bootFile
+	l.pendingMu.Lock()
+	defer l.pendingMu.Unlock()
+	p := l.pending[b.Name]
+	if len(p) >= 16 { // a board that never fetches a config: keep the latest
+		p = p[1:]
+	}
+	l.pending[b.Name] = append(p, e)
+}
+
+// takePending returns and forgets the DHCP events waiting for a board's
+// next boot.
+func (l *Lab) takePending(board string) []Event {
+	l.pendingMu.Lock()
+	defer l.pendingMu.Unlock()
+	p := l.pending[board]
+	delete(l.pending, board)
+	return p
+}
+
 // bootFile is the boot program for a firmware class.
 func (l *Lab) bootFile(fw string) string {
 	switch fw {

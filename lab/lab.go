@@ -117,6 +117,9 @@ type Lab struct {
 	byName map[string]*Board
 
 	mu sync.Mutex // serialises boot starts
+
+	pendingMu sync.Mutex
+	pending   map[string][]Event // DHCP events per board, for its next boot
 }
 
 var boardNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -139,6 +142,7 @@ func New(ctx context.Context, cfg Config, o Options) (*Lab, error) {
 		cfg: cfg, store: o.Store, sessions: o.Sessions, images: o.Images, tree: o.Tree,
 		neighbors: o.Neighbors, log: o.Logger, now: o.Now,
 		byMAC: make(map[string]*Board), byName: make(map[string]*Board),
+		pending: make(map[string][]Event),
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
@@ -228,6 +232,9 @@ func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecor
 	// discard all of the owner's sessions that aren't this boot's.
 	if err := l.discardOthers(b.Name, rec.Session); err != nil {
 		l.log.Error("discarding previous boot's layer", "board", b.Name, "err", err)
+	}
+	for _, e := range l.takePending(b.Name) {
+		l.event(ctx, rec.ID, e)
 	}
 	l.log.Info("boot started", "board", b.Name, "boot", rec.ID, "ip", ip.String(), "image", b.Image)
 	return rec, nil

@@ -200,6 +200,7 @@ func (a *appliance) open(ctx context.Context) error {
 	a.lab = l
 	for _, d := range a.dhcp {
 		d.Booter = dhcpBooter{l}
+		d.OnReply = func(r dhcp.Reply) { l.DHCPReply(ctx, r.MAC, r.Type, r.IP, r.BootFile) }
 	}
 	return nil
 }

@@ -201,7 +201,7 @@ func TestRackDHCP(t *testing.T) {
 	r.bootConfig(t, 0, "tftp://10.77.0.1/pxelinux.cfg/01-52-54-00-7b-00-0a")
 	r.boards[0].Run(t, "curl", "-fsS", "-o", "/dev/null", "--tftp-blksize", "1468", "tftp://10.77.0.1/amd64/vmlinuz")
 	api := r.boards[0].Run(t, "curl", "-fsS", "http://10.77.0.1:8080/api/v1/boots?limit=1")
-	for _, want := range []string{`"board": "board-a"`, `"ip": "10.77.0.10"`, `"kind": "config"`, `"name": "amd64/vmlinuz"`, `"bytes": 3145728`} {
+	for _, want := range []string{`"board": "board-a"`, `"ip": "10.77.0.10"`, `"name": "ACK 10.77.0.10 lpxelinux.0"`, `"kind": "config"`, `"name": "amd64/vmlinuz"`, `"bytes": 3145728`} {
 		if !strings.Contains(api, want) {
 			t.Errorf("boot timeline lacks %s:\n%s", want, api)
 		}
