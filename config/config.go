@@ -183,6 +183,10 @@ type Board struct {
 	BuildDisk string `yaml:"build_disk"`
 	// Console overrides the kernel console (default by arch).
 	Console string `yaml:"console"`
+	// Loader is what iPXE firmware is given: "ipxe" (the default: the
+	// HTTP iPXE script, fastest) or "pxelinux" (PXELINUX over TFTP, as
+	// plain PXE firmware gets).
+	Loader string `yaml:"loader"`
 }
 
 // HardwareAddr returns the board's MAC; it is valid after Load.
@@ -432,6 +436,9 @@ func (c *Config) validateBoot(l *errorList, dir string, images map[string]string
 			l.addf(p+".image", "required")
 		case images[bd.Image] == "":
 			l.addf(p+".image", "unknown image %q", bd.Image)
+		}
+		if bd.Loader != "" && bd.Loader != "ipxe" && bd.Loader != "pxelinux" {
+			l.addf(p+".loader", "invalid loader %q (want ipxe or pxelinux)", bd.Loader)
 		}
 		if bd.BuildDisk != "" && !validDiskSelector(bd.BuildDisk) {
 			l.addf(p+".build_disk", "invalid selector %q (want largest, none, by-id:NAME, by-path:PATH or serial:SERIAL)", bd.BuildDisk)

@@ -70,7 +70,11 @@ func (l *Lab) DHCP(ctx context.Context, c DHCPClient) DHCPAnswer {
 		}
 		return DHCPAnswer{BootFile: l.bootFile(c.Firmware)}
 	}
-	return DHCPAnswer{IP: b.IP, Hostname: b.Name, BootFile: l.bootFile(c.Firmware)}
+	fw := c.Firmware
+	if fw == "ipxe" && b.Loader == "pxelinux" {
+		return DHCPAnswer{IP: b.IP, Hostname: b.Name, BootFile: "pxelinux.0"}
+	}
+	return DHCPAnswer{IP: b.IP, Hostname: b.Name, BootFile: l.bootFile(fw)}
 }
 
 // DHCPReply records a DHCP reply to a board. Replies with a boot program

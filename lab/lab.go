@@ -5,8 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/json"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,6 +51,9 @@ type Board struct {
 	Cmdline   string // extra kernel command-line arguments
 	BuildDisk string // build-disk selector for the initramfs
 	Console   string // kernel console=, default by arch
+	// Loader is what iPXE firmware gets: "ipxe" (default, the HTTP
+	// script) or "pxelinux" (PXELINUX over TFTP).
+	Loader string
 }
 
 // KernelFiles are the kernel and initramfs an architecture boots, as paths

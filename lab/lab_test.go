@@ -66,7 +66,7 @@ func newEnv(t *testing.T, unknown UnknownPolicy) *env {
 		Address: netip.MustParseAddr("10.9.0.1"), NBDPort: 10809, HTTPPort: 8080,
 		Boards: []Board{
 			{Name: "board-a", MAC: macA, Arch: AMD64, IP: ipA, Image: "minimal", BuildDisk: "largest", Cmdline: "quiet=no"},
-			{Name: "board-b", MAC: macB, Arch: AMD64, Image: "minimal"},
+			{Name: "board-b", MAC: macB, Arch: AMD64, Image: "minimal", Loader: "pxelinux"},
 		},
 		Kernels: map[Arch]KernelFiles{AMD64: {Kernel: "amd64/vmlinuz", Initrd: "amd64/initrd.img"}},
 		Unknown: unknown,
@@ -324,13 +324,14 @@ func TestDHCPDecisions(t *testing.T) {
 		c    DHCPClient
 		want DHCPAnswer
 	}{
-		"bios":        {DHCPClient{MAC: macA, Firmware: "bios"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "lpxelinux.0"}},
-		"ipxe":        {DHCPClient{MAC: macA, Firmware: "ipxe"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "http://10.9.0.1:8080/ipxe/boot.ipxe"}},
-		"efi":         {DHCPClient{MAC: macB, Firmware: "efi-x64"}, DHCPAnswer{Hostname: "board-b", BootFile: "ipxe.efi"}},
-		"uboot":       {DHCPClient{MAC: macB, Firmware: "u-boot"}, DHCPAnswer{Hostname: "board-b", BootFile: "boot.scr.uimg"}},
-		"initramfs":   {DHCPClient{MAC: macA, Firmware: "initramfs"}, DHCPAnswer{IP: ipA, Hostname: "board-a"}},
-		"unknown os":  {DHCPClient{MAC: macU, Firmware: "os"}, DHCPAnswer{}},
-		"unknown pxe": {DHCPClient{MAC: macU, Firmware: "bios"}, DHCPAnswer{}},
+		"bios":             {DHCPClient{MAC: macA, Firmware: "bios"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "lpxelinux.0"}},
+		"ipxe":             {DHCPClient{MAC: macA, Firmware: "ipxe"}, DHCPAnswer{IP: ipA, Hostname: "board-a", BootFile: "http://10.9.0.1:8080/ipxe/boot.ipxe"}},
+		"ipxe to pxelinux": {DHCPClient{MAC: macB, Firmware: "ipxe"}, DHCPAnswer{Hostname: "board-b", BootFile: "pxelinux.0"}},
+		"efi":              {DHCPClient{MAC: macB, Firmware: "efi-x64"}, DHCPAnswer{Hostname: "board-b", BootFile: "ipxe.efi"}},
+		"uboot":            {DHCPClient{MAC: macB, Firmware: "u-boot"}, DHCPAnswer{Hostname: "board-b", BootFile: "boot.scr.uimg"}},
+		"initramfs":        {DHCPClient{MAC: macA, Firmware: "initramfs"}, DHCPAnswer{IP: ipA, Hostname: "board-a"}},
+		"unknown os":       {DHCPClient{MAC: macU, Firmware: "os"}, DHCPAnswer{}},
+		"unknown pxe":      {DHCPClient{MAC: macU, Firmware: "bios"}, DHCPAnswer{}},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

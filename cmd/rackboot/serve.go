@@ -160,7 +160,7 @@ func (a *appliance) open(ctx context.Context) error {
 	for _, b := range cfg.Boards {
 		boards = append(boards, lab.Board{
 			Name: b.Name, MAC: b.HardwareAddr(), Arch: lab.Arch(b.Arch), IP: b.IP, Image: b.Image,
-			Cmdline: b.Cmdline, BuildDisk: b.BuildDisk, Console: b.Console,
+			Cmdline: b.Cmdline, BuildDisk: b.BuildDisk, Console: b.Console, Loader: b.Loader,
 		})
 	}
 	kernels := make(map[lab.Arch]lab.KernelFiles)
