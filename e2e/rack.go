@@ -412,4 +412,3 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 		fmt.Fprintf(l.w, "%s%s", l.prefix, line)
 	}
 }
-
