@@ -549,17 +549,29 @@ func (s *Server) offerAddress(log *slog.Logger, mac net.HardwareAddr, b Boot, wa
 	return ip, true
 }
 
-// pick returns a free pool address: the first never used, else the one
-// whose binding expired longest ago. s.mu must be held.
+// pick returns a free pool address: the lowest one nobody holds, found
+// from a cursor (after the last address given, or the lowest freed since)
+// so that handing out a pool costs linear time, not quadratic; else the
+// one whose binding expired longest ago. s.mu must be held.
 func (s *Server) pick(mac string, now time.Time) netip.Addr {
+	size := s.cfg.end - s.cfg.start + 1
+	t := &s.table
+	if t.cursor < s.cfg.start || t.cursor > s.cfg.end {
+		t.cursor = s.cfg.start
+	}
+	for i := uint32(0); i < size; i++ {
+		v := s.cfg.start + (t.cursor-s.cfg.start+i)%size
+		ip := addrFromU32(v)
+		if !s.excluded(ip) && t.byIP[ip] == nil {
+			t.cursor = v + 1
+			return ip
+		}
+	}
 	var best *binding
 	for v := s.cfg.start; ; v++ {
 		ip := addrFromU32(v)
 		if !s.excluded(ip) {
 			b := s.table.byIP[ip]
-			if b == nil {
-				return ip
-			}
 			if s.table.freeFor(ip, mac, now) && (best == nil || b.expiry.Before(best.expiry)) {
 				best = b
 			}

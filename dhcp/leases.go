@@ -76,6 +76,9 @@ func (b *binding) activeAt(now time.Time) bool { return now.Before(b.expiry) }
 type leaseTable struct {
 	byMAC map[string]*binding
 	byIP  map[netip.Addr]*binding
+	// cursor is where pick looks for a free address first: after the
+	// last one it gave, or the lowest one freed since.
+	cursor uint32
 }
 
 func (t *leaseTable) init() {
@@ -89,6 +92,9 @@ func (t *leaseTable) init() {
 func (t *leaseTable) remove(b *binding) {
 	if t.byIP[b.ip] == b {
 		delete(t.byIP, b.ip)
+		if v := u32(b.ip); b.ip.Is4() && v < t.cursor {
+			t.cursor = v
+		}
 	}
 	if b.mac != "" && t.byMAC[b.mac] == b {
 		delete(t.byMAC, b.mac)

@@ -491,7 +491,6 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 	buf := make([]byte, maxDatagram)
 	var serveErr error
 	var backoff time.Duration
-	var lastDropLog time.Time
 	for {
 		n, from, err := conn.ReadFrom(buf)
 		if err != nil {
@@ -512,14 +511,13 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 		}
 		backoff = 0
 		peer := addrPortOf(from)
+		// With every slot busy, wait for one: the socket's receive
+		// buffer queues the packets meanwhile. Dropping here made
+		// clients retransmit a whole second later.
 		select {
 		case slots <- struct{}{}:
-		default:
-			if time.Since(lastDropLog) > time.Second { // at most one line a second under a flood
-				log.Warn("too many packets in flight, dropping", "peer", peer.String())
-				lastDropLog = time.Now()
-			}
-			continue
+		case <-ctx.Done():
+			continue // the read fails next, on the closed socket
 		}
 		pkt := append([]byte(nil), buf[:n]...)
 		wg.Go(func() {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // Generated file names.
@@ -59,12 +60,14 @@ func (l *Lab) DHCP(ctx context.Context, c DHCPClient) DHCPAnswer {
 		if !pxeFirmware(c.Firmware) {
 			return DHCPAnswer{}
 		}
-		if err := l.store.SeenUnknown(ctx, Unknown{
-			MAC: c.MAC, Firmware: c.Firmware, Arch: c.Arch, VendorClass: c.VendorClass, LastSeen: l.now(),
-		}); err != nil {
-			l.log.Error("recording unknown machine", "mac", c.MAC.String(), "err", err)
+		if l.unknownDue(c.MAC) {
+			if err := l.store.SeenUnknown(ctx, Unknown{
+				MAC: c.MAC, Firmware: c.Firmware, Arch: c.Arch, VendorClass: c.VendorClass, LastSeen: l.now(),
+			}); err != nil {
+				l.log.Error("recording unknown machine", "mac", c.MAC.String(), "err", err)
+			}
+			l.log.Info("unknown machine asks to boot", "mac", c.MAC.String(), "firmware", c.Firmware, "policy", string(l.cfg.Unknown))
 		}
-		l.log.Info("unknown machine asks to boot", "mac", c.MAC.String(), "firmware", c.Firmware, "policy", string(l.cfg.Unknown))
 		if l.cfg.Unknown != UnknownIdentify {
 			return DHCPAnswer{}
 		}
@@ -115,6 +118,27 @@ func (l *Lab) takePending(board string) []Event {
 	p := l.pending[board]
 	delete(l.pending, board)
 	return p
+}
+
+// unknownEvery bounds how often an unknown machine is written to the store
+// and the log: every DISCOVER and REQUEST of a PXE firmware retrying in a
+// loop would otherwise cost a commit and a log line each.
+const unknownEvery = time.Minute
+
+// unknownDue reports whether the unknown machine mac is due to be
+// recorded again, and notes that it is.
+func (l *Lab) unknownDue(mac net.HardwareAddr) bool {
+	l.pendingMu.Lock()
+	defer l.pendingMu.Unlock()
+	now := l.now()
+	if t, ok := l.unknownSeen[mac.String()]; ok && now.Sub(t) < unknownEvery {
+		return false
+	}
+	if len(l.unknownSeen) > 4096 { // a flood of made-up MACs: start over
+		clear(l.unknownSeen)
+	}
+	l.unknownSeen[mac.String()] = now
+	return true
 }
 
 // bootFile is the boot program for a firmware class.

@@ -121,8 +121,9 @@ type Lab struct {
 
 	mu sync.Mutex // serialises boot starts
 
-	pendingMu sync.Mutex
-	pending   map[string][]Event // DHCP events per board, for its next boot
+	pendingMu   sync.Mutex
+	pending     map[string][]Event   // DHCP events per board, for its next boot
+	unknownSeen map[string]time.Time // when each unknown MAC was last recorded
 }
 
 var boardNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -145,7 +146,7 @@ func New(ctx context.Context, cfg Config, o Options) (*Lab, error) {
 		cfg: cfg, store: o.Store, sessions: o.Sessions, images: o.Images, tree: o.Tree,
 		neighbors: o.Neighbors, log: o.Logger, now: o.Now,
 		byMAC: make(map[string]*Board), byName: make(map[string]*Board),
-		pending: make(map[string][]Event),
+		pending: make(map[string][]Event), unknownSeen: make(map[string]time.Time),
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)

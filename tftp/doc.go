@@ -15,7 +15,8 @@
 // A missing file is error 1, a refused name or file error 2, and any other
 // Handler failure error 0 with a generic message (the cause goes to the
 // log). Option names are matched case-insensitively (RFC 2347), blksize is
-// lowered to fit the receiving interface's MTU, and options other than
+// granted up to 65464 (or, with Server.FitMTU, lowered to fit the
+// receiving interface's MTU), and options other than
 // blksize and tsize (timeout, windowsize, multicast) are ignored, which
 // clients take as a refusal. Modes octet and netascii are served; tsize is
 // not reported in netascii mode.

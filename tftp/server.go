@@ -93,7 +93,7 @@ type Transfer struct {
 // write requests get error 2, malformed ones error 4, names refused by
 // [CleanPath] error 2, and Handler refusals error 1 or 2, all sent from a
 // fresh port as a transfer would be. Option names are matched without
-// regard to case and the blksize option is lowered to fit the MTU of the
+// regard to case and the blksize option (with FitMTU) is lowered to fit the MTU of the
 // interface the request arrived on. A request identical to one from the
 // same address and port whose transfer is still running is a client
 // retransmission and is dropped (pin/tftp alone would start a second
@@ -142,6 +142,13 @@ type Server struct {
 	// DrainTimeout bounds how long running transfers may go on after the
 	// context given to Serve is done; 0 means DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// FitMTU lowers the negotiated blksize to what fits one frame of the
+	// interface the request came in on, so that blocks are never
+	// IP-fragmented. Off by default: a client that asks for large blocks
+	// gets them (up to 65464, as tftpd-hpa does), which is several times
+	// faster on a LAN that passes fragments; turn it on where fragments
+	// get lost.
+	FitMTU bool
 	// OnTransfer, if set, is called once for every read request the server
 	// processed (not for dropped duplicates or overload), when its
 	// transfer is over. It is called from the transfer's goroutine, so
@@ -465,7 +472,11 @@ func (sv *serving) open(t *transfer, req request) {
 		if t.info.v6 {
 			overhead = ipv6Overhead
 		}
-		if n, ok := blockSize(v, t.info.mtu, overhead); ok {
+		mtu := 0
+		if sv.s.FitMTU {
+			mtu = t.info.mtu
+		}
+		if n, ok := blockSize(v, mtu, overhead); ok {
 			t.blksize = n
 			fwd.opts = append(fwd.opts, option{"blksize", strconv.Itoa(n)})
 		}
