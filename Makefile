@@ -82,6 +82,11 @@ vmtest: deps initramfs ## QEMU tests: iPXE, U-Boot and the initramfs booting a b
 boot-tree: ## collect pxelinux, ldlinux.c32 and iPXE from Debian packages into out/boot
 	scripts/boot-tree.sh $(BOOT_TREE)
 
+.PHONY: bench-boot
+bench-boot: ## rackboot DHCP/TFTP/HTTP vs dnsmasq, Kea, tftpd-hpa and nginx (QUICK=1, OUT=FILE)
+	scripts/apt-ensure.sh dnsmasq-base kea-dhcp4-server tftpd-hpa nginx curl iproute2
+	scripts/bench-boot.sh
+
 .PHONY: clean
 clean: ## remove build outputs
 	rm -rf $(BIN) $(OUT)

@@ -30,6 +30,8 @@ commands:
   nbd --listen ADDR --image NAME=PATH... --state DIR
                           standalone copy-on-write NBD server
   check-config FILE       validate a configuration file
+  image import|list|activate|verify|gc
+                          manage the master image catalog
   version                 print the version
 
 Run 'rackboot <command> -h' for a command's flags.
@@ -49,6 +51,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runNBD(ctx, args, stdout, stderr)
 	case "check-config":
 		return runCheckConfig(args, stdout, stderr)
+	case "image":
+		return runImage(ctx, args, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "rackboot", version)
 		return nil
