@@ -416,7 +416,9 @@ func (c *Config) validateBoot(l *errorList, dir string, images map[string]string
 		case !slices.Contains(Arches, bd.Arch):
 			l.addf(p+".arch", "unknown architecture %q (want %s)", bd.Arch, strings.Join(Arches, ", "))
 		default:
-			if _, ok := b.Kernels[bd.Arch]; !ok {
+			// Catalog images carry their own kernels; images named
+			// here boot those of boot.kernels.
+			if _, ok := b.Kernels[bd.Arch]; !ok && images[bd.Image] != "" {
 				l.addf(p+".arch", "no boot.kernels entry for %s", bd.Arch)
 			}
 		}
@@ -434,8 +436,8 @@ func (c *Config) validateBoot(l *errorList, dir string, images map[string]string
 		switch {
 		case bd.Image == "":
 			l.addf(p+".image", "required")
-		case images[bd.Image] == "":
-			l.addf(p+".image", "unknown image %q", bd.Image)
+		case images[bd.Image] == "" && !imageName.MatchString(bd.Image):
+			l.addf(p+".image", "invalid image name %q", bd.Image)
 		}
 		if bd.Loader != "" && bd.Loader != "ipxe" && bd.Loader != "pxelinux" {
 			l.addf(p+".loader", "invalid loader %q (want ipxe or pxelinux)", bd.Loader)
@@ -524,6 +526,20 @@ func (c *Config) CheckFiles() error {
 			l.add("boot.tree", err)
 		} else if !fi.IsDir() {
 			l.addf("boot.tree", "%s is not a directory", c.Boot.Tree)
+		}
+	}
+	named := map[string]bool{}
+	for _, img := range c.Images {
+		named[img.Name] = true
+	}
+	for i, b := range c.Boards {
+		// A board's image is one named here or one imported into the
+		// catalog (STATE/images/NAME/active, written by rackboot image).
+		if named[b.Image] || b.Image == "" {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(c.StateDir, "images", b.Image, "active")); err != nil {
+			l.addf(fmt.Sprintf("boards[%d].image", i), "unknown image %q: not in images, and no active version in the catalog (rackboot image import)", b.Image)
 		}
 	}
 	for i, img := range c.Images {

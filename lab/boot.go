@@ -192,12 +192,11 @@ func (l *Lab) pxelinuxConfig(ctx context.Context, name string, peer netip.Addr) 
 	if b == nil {
 		return l.identifyConfig(ctx, mac, peer, "pxelinux")
 	}
-	rec, err := l.startBoot(ctx, b, peer)
+	rec, k, err := l.startBoot(ctx, b, peer)
 	if err != nil {
 		return nil, err
 	}
 	l.event(ctx, rec.ID, Event{Kind: "config", Name: "pxelinux.cfg/" + name, Status: "ok"})
-	k := l.cfg.Kernels[b.Arch]
 	return pxelinuxText(b.Name, k.Kernel, k.Initrd, l.cmdline(b, rec)), nil
 }
 
@@ -281,12 +280,11 @@ func (l *Lab) ipxeScript(ctx context.Context, peer netip.Addr) ([]byte, error) {
 	if b == nil {
 		return l.identifyConfig(ctx, mac, peer, "ipxe")
 	}
-	rec, err := l.startBoot(ctx, b, peer)
+	rec, k, err := l.startBoot(ctx, b, peer)
 	if err != nil {
 		return nil, err
 	}
 	l.event(ctx, rec.ID, Event{Kind: "config", Name: ipxeScriptName, Status: "ok"})
-	k := l.cfg.Kernels[b.Arch]
 	return ipxeText(l.httpURL(k.Kernel), l.httpURL(k.Initrd), l.cmdline(b, rec)+" BOOTIF=01-${netX/mac:hexhyp}"), nil
 }
 

@@ -91,6 +91,28 @@ type Config struct {
 	IdentifyArch Arch
 }
 
+// ImageVersion is one version of a master image as a boot uses it.
+type ImageVersion struct {
+	// Ref names it exactly: "NAME@VERSION" for catalog images, "NAME" for
+	// images fixed in the configuration. A boot records it, and keeps its
+	// version until its next boot whatever is activated meanwhile.
+	Ref string
+	// Base is the image, opened read-only.
+	Base *cow.Image
+	// Kernels are the kernel and initramfs this version boots per
+	// architecture, as paths the lab serves; an architecture missing here
+	// uses Config.Kernels.
+	Kernels map[Arch]KernelFiles
+}
+
+// Images resolves image names. Implementations are safe for concurrent use.
+type Images interface {
+	// Current returns the version of image name a boot starting now uses.
+	Current(name string) (ImageVersion, error)
+	// Get returns the version ref names.
+	Get(ref string) (ImageVersion, error)
+}
+
 // Neighbors tells which MAC an address belongs to on the boot network: the
 // DHCP server's current leases, or the kernel's neighbour table.
 type Neighbors interface {
@@ -110,8 +132,9 @@ type Lab struct {
 	cfg       Config
 	store     Store
 	sessions  *cow.Store
-	images    map[string]*cow.Image
+	images    Images
 	tree      *os.Root
+	catalog   *os.Root
 	neighbors Neighbors
 	log       *slog.Logger
 	now       func() time.Time
@@ -130,10 +153,13 @@ var boardNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 // Options are the Lab's collaborators.
 type Options struct {
-	Store     Store
-	Sessions  *cow.Store
-	Images    map[string]*cow.Image // opened base images by name
-	Tree      *os.Root              // the static boot tree
+	Store    Store
+	Sessions *cow.Store
+	Images   Images
+	Tree     *os.Root // the static boot tree
+	// Catalog is the image catalog's directory, for the boot files of
+	// catalog images (served under "images/NAME/VERSION/boot/").
+	Catalog   *os.Root
 	Neighbors Neighbors
 	Logger    *slog.Logger
 	// Now is a test seam; nil means time.Now.
@@ -143,7 +169,7 @@ type Options struct {
 // New checks cfg, records the inventory in the store and returns the Lab.
 func New(ctx context.Context, cfg Config, o Options) (*Lab, error) {
 	l := &Lab{
-		cfg: cfg, store: o.Store, sessions: o.Sessions, images: o.Images, tree: o.Tree,
+		cfg: cfg, store: o.Store, sessions: o.Sessions, images: o.Images, tree: o.Tree, catalog: o.Catalog,
 		neighbors: o.Neighbors, log: o.Logger, now: o.Now,
 		byMAC: make(map[string]*Board), byName: make(map[string]*Board),
 		pending: make(map[string][]Event), unknownSeen: make(map[string]time.Time),
@@ -174,11 +200,12 @@ func New(ctx context.Context, cfg Config, o Options) (*Lab, error) {
 		if l.byMAC[b.MAC.String()] != nil {
 			return nil, fmt.Errorf("board %s: MAC %s already belongs to %s", b.Name, b.MAC, l.byMAC[b.MAC.String()].Name)
 		}
-		if _, ok := l.images[b.Image]; !ok {
-			return nil, fmt.Errorf("board %s: unknown image %q", b.Name, b.Image)
+		v, err := l.images.Current(b.Image)
+		if err != nil {
+			return nil, fmt.Errorf("board %s: image %q: %w", b.Name, b.Image, err)
 		}
-		if _, ok := cfg.Kernels[b.Arch]; !ok {
-			return nil, fmt.Errorf("board %s: no kernel configured for arch %s", b.Name, b.Arch)
+		if _, err := l.kernel(b, v); err != nil {
+			return nil, err
 		}
 		if b.Console == "" {
 			b.Console = DefaultConsole[b.Arch]
@@ -218,18 +245,38 @@ func newToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// startBoot begins a new boot of board b at ip: a fresh token, a fresh
-// copy-on-write session, and the previous boot's session discarded.
-func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecord, error) {
+// kernel returns the kernel and initramfs board b boots with image v.
+func (l *Lab) kernel(b *Board, v ImageVersion) (KernelFiles, error) {
+	if k, ok := v.Kernels[b.Arch]; ok {
+		return k, nil
+	}
+	if k, ok := l.cfg.Kernels[b.Arch]; ok {
+		return k, nil
+	}
+	return KernelFiles{}, fmt.Errorf("board %s: image %s has no %s kernel, and boot.kernels names none", b.Name, v.Ref, b.Arch)
+}
+
+// startBoot begins a new boot of board b at ip: a fresh token, the image
+// version active now, a fresh copy-on-write session, and the previous
+// boot's session discarded.
+func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecord, KernelFiles, error) {
+	v, err := l.images.Current(b.Image)
+	if err != nil {
+		return BootRecord{}, KernelFiles{}, fmt.Errorf("board %s: image %q: %w", b.Name, b.Image, err)
+	}
+	k, err := l.kernel(b, v)
+	if err != nil {
+		return BootRecord{}, KernelFiles{}, err
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	rec := BootRecord{
-		Board: b.Name, Token: newToken(), Image: b.Image, IP: ip, MAC: b.MAC, Started: l.now(),
+		Board: b.Name, Token: newToken(), Image: v.Ref, IP: ip, MAC: b.MAC, Started: l.now(),
 	}
 	rec.Session = sessionName(b.Name, rec.Token)
-	rec, err := l.store.StartBoot(ctx, rec)
+	rec, err = l.store.StartBoot(ctx, rec)
 	if err != nil {
-		return BootRecord{}, err
+		return BootRecord{}, KernelFiles{}, err
 	}
 	// Discard every earlier layer of this board. The new session is
 	// created on first attach, so "except the newest" must not count it:
@@ -240,8 +287,8 @@ func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecor
 	for _, e := range l.takePending(b.Name) {
 		l.event(ctx, rec.ID, e)
 	}
-	l.log.Info("boot started", "board", b.Name, "boot", rec.ID, "ip", ip.String(), "image", b.Image)
-	return rec, nil
+	l.log.Info("boot started", "board", b.Name, "boot", rec.ID, "ip", ip.String(), "image", v.Ref)
+	return rec, k, nil
 }
 
 func (l *Lab) discardOthers(owner, keep string) error {
@@ -306,11 +353,11 @@ func (l *Lab) OpenSession(ctx context.Context, export string, peer netip.Addr) (
 		l.log.Warn("NBD export refused: boot is over", "board", rec.Board, "boot", rec.ID, "peer", peer.String())
 		return nil, BootRecord{}, notExist
 	}
-	img, ok := l.images[rec.Image]
-	if !ok {
-		return nil, BootRecord{}, fmt.Errorf("boot %d of %s: image %q no longer configured", rec.ID, rec.Board, rec.Image)
+	v, err := l.images.Get(rec.Image)
+	if err != nil {
+		return nil, BootRecord{}, fmt.Errorf("boot %d of %s: image %s: %w", rec.ID, rec.Board, rec.Image, err)
 	}
-	s, err := l.sessions.Open(rec.Session, img, cow.SessionSpec{Owner: rec.Board, Image: rec.Image})
+	s, err := l.sessions.Open(rec.Session, v.Base, cow.SessionSpec{Owner: rec.Board, Image: rec.Image})
 	if err != nil {
 		return nil, BootRecord{}, err
 	}
@@ -431,10 +478,18 @@ func (l *Lab) OpenFile(ctx context.Context, path string, peer netip.Addr) (*File
 		}
 		return memFile(b, l.now()), nil
 	}
-	if l.tree == nil {
+	root, rel := l.tree, path
+	if p, ok := strings.CutPrefix(path, "images/"); ok && l.catalog != nil {
+		// Catalog images' kernels: images/NAME/VERSION/boot/ARCH/FILE.
+		if parts := strings.Split(p, "/"); len(parts) < 4 || parts[2] != "boot" {
+			return nil, fmt.Errorf("%s: %w", path, fs.ErrNotExist)
+		}
+		root, rel = l.catalog, p
+	}
+	if root == nil {
 		return nil, fmt.Errorf("%s: no boot tree: %w", path, fs.ErrNotExist)
 	}
-	f, err := l.tree.Open(path)
+	f, err := root.Open(rel)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%s: %w", path, err)
@@ -452,4 +507,20 @@ func (l *Lab) OpenFile(ctx context.Context, path string, peer netip.Addr) (*File
 		return nil, fmt.Errorf("%s: not a regular file: %w", path, fs.ErrNotExist)
 	}
 	return &File{ReadSeeker: f, Closer: f, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// StaticImages are images fixed in the configuration: one version each,
+// booted with Config.Kernels.
+type StaticImages map[string]*cow.Image
+
+// Current implements Images.
+func (s StaticImages) Current(name string) (ImageVersion, error) { return s.Get(name) }
+
+// Get implements Images.
+func (s StaticImages) Get(ref string) (ImageVersion, error) {
+	img, ok := s[ref]
+	if !ok {
+		return ImageVersion{}, fmt.Errorf("image %q: %w", ref, fs.ErrNotExist)
+	}
+	return ImageVersion{Ref: ref, Base: img}, nil
 }

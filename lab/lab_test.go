@@ -104,7 +104,7 @@ func (e *env) open(t *testing.T) {
 	}
 	t.Cleanup(func() { tree.Close() })
 	e.lab, err = New(ctx, e.cfg, Options{
-		Store: e.store, Sessions: e.sessions, Images: map[string]*cow.Image{"minimal": e.image},
+		Store: e.store, Sessions: e.sessions, Images: StaticImages{"minimal": e.image},
 		Tree: tree, Neighbors: neighbors{ipA: macA, ipB: macB, ipU: macU},
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})

@@ -286,6 +286,12 @@ func TestCheckConfig(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "bad.yaml:4: images[0].path") {
 		t.Errorf("check-config with a missing image: %v; want file:line: images[0].path", err)
 	}
+	os.MkdirAll(filepath.Join(dir, "tree"), 0o755)
+	os.WriteFile(bad, []byte("state_dir: state\nboot: {tree: tree}\nboards:\n  - {name: b1, mac: \"52:54:00:00:00:01\", arch: amd64, image: nope}\n"), 0o644)
+	err = run(t.Context(), []string{"check-config", bad}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), `bad.yaml:4: boards[0].image: unknown image "nope"`) {
+		t.Errorf("check-config with an unknown board image: %v", err)
+	}
 	err = run(t.Context(), []string{"check-config", filepath.Join(dir, "nope.yaml")}, &out, &out)
 	if err == nil || !strings.Contains(err.Error(), "nope.yaml") {
 		t.Errorf("check-config of a missing file: %v; want the file named", err)

@@ -12,11 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rackboot/rackboot/config"
 	"github.com/rackboot/rackboot/dhcp"
+	"github.com/rackboot/rackboot/images"
 	"github.com/rackboot/rackboot/lab"
 	"github.com/rackboot/rackboot/nbd"
 	"github.com/rackboot/rackboot/nbd/cow"
@@ -46,9 +48,10 @@ type appliance struct {
 	log      *slog.Logger
 	sessions *cow.Store
 	store    *lab.SQLite
-	images   map[string]*cow.Image
+	images   lab.StaticImages
 	tree     *os.Root
 	lab      *lab.Lab
+	catalog  *images.Catalog
 	dhcp     []*dhcp.Server
 	closers  []func() error
 }
@@ -135,7 +138,7 @@ func (a *appliance) open(ctx context.Context) error {
 	}
 	a.store = store
 	a.closers = append(a.closers, store.Close)
-	a.images = make(map[string]*cow.Image)
+	a.images = make(lab.StaticImages)
 	for _, im := range cfg.Images {
 		img, err := cow.OpenImage(im.Path)
 		if err != nil {
@@ -144,6 +147,16 @@ func (a *appliance) open(ctx context.Context) error {
 		a.images[im.Name] = img
 		a.closers = append(a.closers, img.Close)
 	}
+	cat, err := images.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	a.catalog = cat
+	catRoot, err := os.OpenRoot(cat.Dir())
+	if err != nil {
+		return fmt.Errorf("image catalog: %w", err)
+	}
+	a.closers = append(a.closers, catRoot.Close)
 	if cfg.Boot.Tree != "" {
 		tree, err := os.OpenRoot(cfg.Boot.Tree)
 		if err != nil {
@@ -190,7 +203,7 @@ func (a *appliance) open(ctx context.Context) error {
 		Cmdline:  cfg.Boot.Cmdline,
 		Unknown:  lab.UnknownPolicy(cfg.Boot.UnknownBoards),
 	}, lab.Options{
-		Store: store, Sessions: sessions, Images: a.images, Tree: a.tree,
+		Store: store, Sessions: sessions, Images: &imageSource{static: a.images, catalog: cat}, Tree: a.tree, Catalog: catRoot,
 		Neighbors: lab.ChainNeighbors(neighbors...),
 		Logger:    a.log.With("srv", "lab"),
 	})
@@ -307,6 +320,71 @@ func listenPort(addr string) uint16 {
 	var n uint16
 	fmt.Sscan(p, &n)
 	return n
+}
+
+// imageSource resolves the lab's image names: the configuration's images
+// first (one version each), then the catalog's (the active version for a
+// new boot, the recorded one for a running boot).
+type imageSource struct {
+	static  lab.StaticImages
+	catalog *images.Catalog
+
+	mu   sync.Mutex
+	open map[string]*cow.Image // catalog versions' roots by path, opened once
+}
+
+func (s *imageSource) Current(name string) (lab.ImageVersion, error) {
+	if _, ok := s.static[name]; ok {
+		return s.static.Get(name)
+	}
+	v, err := s.catalog.Active(name)
+	if err != nil {
+		return lab.ImageVersion{}, err
+	}
+	return s.version(v)
+}
+
+func (s *imageSource) Get(ref string) (lab.ImageVersion, error) {
+	if _, ok := s.static[ref]; ok {
+		return s.static.Get(ref)
+	}
+	name, version, err := images.ParseRef(ref)
+	if err != nil {
+		return lab.ImageVersion{}, err
+	}
+	v, err := s.catalog.Get(name, version)
+	if err != nil {
+		return lab.ImageVersion{}, err
+	}
+	return s.version(v)
+}
+
+// version opens a catalog version's root (once) and maps its boot files
+// to the paths the lab serves them under.
+func (s *imageSource) version(v images.Version) (lab.ImageVersion, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	img := s.open[v.RootPath]
+	if img == nil {
+		var err error
+		if img, err = cow.OpenImage(v.RootPath); err != nil {
+			return lab.ImageVersion{}, err
+		}
+		if s.open == nil {
+			s.open = make(map[string]*cow.Image)
+		}
+		s.open[v.RootPath] = img
+	}
+	out := lab.ImageVersion{Ref: v.String(), Base: img, Kernels: make(map[lab.Arch]lab.KernelFiles)}
+	for arch, f := range v.Kernels {
+		k, err1 := filepath.Rel(s.catalog.Dir(), f.Kernel)
+		i, err2 := filepath.Rel(s.catalog.Dir(), f.Initrd)
+		if err1 != nil || err2 != nil {
+			return lab.ImageVersion{}, fmt.Errorf("image %s: boot files outside the catalog", v)
+		}
+		out.Kernels[lab.Arch(arch)] = lab.KernelFiles{Kernel: "images/" + filepath.ToSlash(k), Initrd: "images/" + filepath.ToSlash(i)}
+	}
+	return out, nil
 }
 
 // labResolver serves NBD for the lab: a boot's token opens its board's

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"os"
@@ -236,5 +237,83 @@ func TestRefusesBesideAnotherDHCPServer(t *testing.T) {
 	out, err := r.srv.Command(t.Context(), rackbootBin, "serve", "--config", r.config).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "10.77.0.2") {
 		t.Errorf("serve beside dnsmasq: %v; want a refusal naming 10.77.0.2:\n%s", err, out)
+	}
+}
+
+// importImage imports a random raw image of one version into the rack's
+// catalog with rackboot image import, and returns its NAME@VERSION.
+func (r *rack) importImage(t *testing.T, seed uint64) (string, []byte) {
+	t.Helper()
+	dir := filepath.Join(r.dir, fmt.Sprintf("v%d", seed))
+	os.MkdirAll(dir, 0o755)
+	img := randomFile(t, filepath.Join(dir, "root.img"), 4<<20, seed)
+	sum := sha256.Sum256(img)
+	manifest := fmt.Sprintf(`{"name": "testimg", "arch": "amd64", "suite": "bookworm", "epoch": %d, "sha256": "%x", "size": %d, "packages": []}`,
+		1700000000+seed*86400, sum, len(img))
+	os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(manifest), 0o644)
+	os.WriteFile(filepath.Join(dir, "vmlinuz"), fmt.Appendf(nil, "kernel of v%d", seed), 0o644)
+	os.WriteFile(filepath.Join(dir, "initrd"), fmt.Appendf(nil, "initrd of v%d", seed), 0o644)
+	out := runTool(t, rackbootBin, "image", "import", "--state", filepath.Join(r.dir, "state"), "--name", "testimg",
+		"--manifest", filepath.Join(dir, "manifest.json"), "--kernel", "amd64="+filepath.Join(dir, "vmlinuz"),
+		"--initrd", "amd64="+filepath.Join(dir, "initrd"), filepath.Join(dir, "root.img"))
+	m := regexp.MustCompile(`testimg@[0-9]{8}-[0-9a-f]{12}`).FindString(out)
+	if m == "" {
+		t.Fatalf("no version in the import output:\n%s", out)
+	}
+	return m, img
+}
+
+// TestImageVersionsPerBoot checks that a boot keeps the image version
+// active when it started: activating v2 leaves a running boot on v1's
+// bytes, and the next boot gets v2 with v2's kernel.
+func TestImageVersionsPerBoot(t *testing.T) {
+	for _, tool := range []string{"nbdcopy"} {
+		testenv.LookPath(t, tool)
+	}
+	r := newRack(t, true)
+	v1, img1 := r.importImage(t, 1)
+	cfg, _ := os.ReadFile(r.config)
+	cfg = bytes.ReplaceAll(cfg, []byte("image: minimal}"), []byte("image: testimg}"))
+	os.WriteFile(r.config, cfg, 0o644)
+	srv := r.start(t)
+	a := r.boards[0]
+	nbdURI := func(tok string) string { return "nbd://10.77.0.1:10809/" + tok }
+	readRoot := func(tok string) []byte {
+		out := filepath.Join(r.dir, "root-"+tok[:8])
+		a.Run(t, "nbdcopy", nbdURI(tok), out)
+		b, _ := os.ReadFile(out)
+		return b
+	}
+
+	cfg1 := a.Run(t, "curl", "-fsS", "http://10.77.0.1:8080/pxelinux.cfg/default")
+	tok1 := tokenRE.FindStringSubmatch(cfg1)[1]
+	if !bytes.Equal(readRoot(tok1), img1) {
+		t.Fatal("boot 1 doesn't read v1")
+	}
+	v2, img2 := r.importImage(t, 2)
+	runTool(t, rackbootBin, "image", "activate", "--state", filepath.Join(r.dir, "state"), v2)
+
+	if !bytes.Equal(readRoot(tok1), img1) {
+		t.Error("the running boot changed image when v2 was activated")
+	}
+	out := runTool(t, rackbootBin, "image", "gc", "--state", filepath.Join(r.dir, "state"))
+	if strings.Contains(out, v1) {
+		t.Errorf("gc deleted %s, in use by a running boot:\n%s", v1, out)
+	}
+
+	cfg2 := a.Run(t, "curl", "-fsS", "http://10.77.0.1:8080/pxelinux.cfg/default")
+	tok2 := tokenRE.FindStringSubmatch(cfg2)[1]
+	if !bytes.Equal(readRoot(tok2), img2) {
+		t.Error("the next boot doesn't read v2")
+	}
+	kernel := regexp.MustCompile(`KERNEL (\S+)`).FindStringSubmatch(cfg2)[1]
+	if got := a.Run(t, "curl", "-fsS", "http://10.77.0.1:8080/"+kernel); got != "kernel of v2" {
+		t.Errorf("boot 2's kernel %s is %q; want v2's", kernel, got)
+	}
+	srv.stop(syscall.SIGTERM)
+	// Boot 1 is over and its layer gone: v1 can go now.
+	out = runTool(t, rackbootBin, "image", "gc", "--state", filepath.Join(r.dir, "state"))
+	if !strings.Contains(out, v1) || strings.Contains(out, v2) {
+		t.Errorf("gc after boot 1 ended:\n%s\nwant %s deleted and %s kept", out, v1, v2)
 	}
 }
