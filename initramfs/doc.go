@@ -8,7 +8,9 @@
 //
 //	mount    proc, sys, devtmpfs and run
 //	cmdline  parse /proc/cmdline (rackboot.* parameters)
-//	modules  load the packed kernel modules (modules.dep in the cpio)
+//	modules  load the modules the hardware needs (their aliases matched to
+//	         the devices' modaliases) and nbd, ext4, crc32c; runs while
+//	         the network step waits for its interface and DHCP
 //	network  DHCP on the boot interface (BOOTIF= or the first with carrier)
 //	nbd      handshake with rackboot.nbd, attach it to /dev/nbdN, mount it
 //	disk     wipe and rebuild the build disk, mount it at /build

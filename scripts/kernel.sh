@@ -6,7 +6,9 @@
 #   Image                (arm64) the same, uncompressed, for U-Boot booti
 #   initramfs.cpio.gz    rackboot's init (initramfs/init), mke2fs with its
 #                        libraries (for the build disk), and the kernel
-#                        modules the init needs with their modules.dep;
+#                        modules the init may need with their modules.dep
+#                        and modules.alias (it loads those the hardware
+#                        matches);
 #                        with DEBUG_SHELL=1 also busybox, for
 #                        rackboot.debug=shell (the budget grows by 1.1 MB)
 #   MANIFEST             packages, versions and modules used
@@ -20,9 +22,12 @@ export LC_ALL=C
 
 # The pinned kernel: ABI name and Debian version, the same for every arch.
 # Bump both together when Debian's archive moves on (apt-cache policy
-# linux-image-6.1.0-*-amd64 shows what is current).
-KERNEL_ABI=6.1.0-56
-KERNEL_VERSION=6.1.192-2
+# linux-image-6.1.0-*-amd64 shows what is current). The environment can
+# override both for one build, e.g. to take the point release's kernel
+# from bookworm main when a mirror's bookworm-security index for an arch
+# is broken: KERNEL_ABI=6.1.0-50 KERNEL_VERSION=6.1.176-1 kernel.sh armhf.
+KERNEL_ABI=${KERNEL_ABI:-6.1.0-56}
+KERNEL_VERSION=${KERNEL_VERSION:-6.1.192-2}
 BUSYBOX_VERSION=1:1.35.0-4+deb12u1+b1
 BUDGET=${BUDGET:-4194304}
 
@@ -175,10 +180,11 @@ printf '%s\n' "${files[@]}" | sort -u | while read -r f; do
 done
 cp "$moddir/modules.builtin" "$moddir/modules.order" "$mods/lib/modules/$release/"
 depmod -b "$mods" "$release"
-# The init reads modules.dep (and modules.builtin); drop depmod's other
-# indexes.
+# The init reads modules.dep, modules.builtin and modules.alias (it loads
+# only the modules whose aliases match the machine's devices, and the
+# aliases it names, such as crc32c); drop depmod's other indexes.
 find "$mods/lib/modules/$release" -maxdepth 1 -type f -name 'modules.*' \
-	! -name modules.dep ! -name modules.builtin -delete
+	! -name modules.dep ! -name modules.builtin ! -name modules.alias -delete
 
 # busybox (1 MB compressed) only for debug builds: rackboot.debug=shell
 # needs it, and the budget has no room for it beside mke2fs and libc.

@@ -59,7 +59,7 @@ func startWeb(t *testing.T) (string, *lab.SQLite) {
 		Boards:  []lab.Board{{Name: "loopy", MAC: loopMAC, Arch: lab.AMD64, Image: "img"}},
 		Kernels: map[lab.Arch]lab.KernelFiles{lab.AMD64: {Kernel: "amd64/vmlinuz", Initrd: "amd64/initrd"}},
 	}, lab.Options{
-		Store: store, Sessions: sessions, Images: map[string]*cow.Image{"img": image}, Tree: tree, Logger: log,
+		Store: store, Sessions: sessions, Images: lab.StaticImages{"img": image}, Tree: tree, Logger: log,
 		Neighbors: lab.NeighborsFunc(func(ip netip.Addr) (net.HardwareAddr, bool) {
 			return loopMAC, ip == netip.MustParseAddr("127.0.0.1")
 		}),

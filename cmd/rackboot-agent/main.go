@@ -8,4 +8,7 @@ import (
 	"github.com/rackboot/rackboot/agent"
 )
 
-func main() { os.Exit(agent.Main(os.Args[1:], os.Stderr)) }
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "devel"
+
+func main() { os.Exit(agent.Main(version, os.Args[1:], os.Stderr)) }

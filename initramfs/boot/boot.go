@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/rackboot/rackboot/initramfs/cmdline"
@@ -90,8 +91,14 @@ type System struct {
 	Console io.Writer
 }
 
-// RequiredModules must load for a root over NBD.
+// requiredModules must load for a root over NBD.
 var requiredModules = []string{"nbd", "ext4"}
+
+// bootModules load too in boot mode, best effort: crc32c (an alias, for
+// whichever implementations are packed), which ext4 needs to mount a
+// metadata_csum filesystem and would otherwise request through modprobe,
+// which the initramfs lacks.
+var bootModules = []string{"crc32c"}
 
 // Run runs the sequence. It returns only if rebooting or powering off
 // fails, or, in tests, when the fakes return.
@@ -144,20 +151,31 @@ func (b *booter) run(ctx context.Context) error {
 	}
 
 	var required []string
+	extra := b.cfg.Modules
 	if b.cfg.Mode == cmdline.ModeBoot {
 		required = requiredModules
+		extra = append(slices.Clone(bootModules), extra...)
 	}
-	if err := b.rep.Run(ctx, StepModules, func(context.Context) error { return b.sys.LoadModules(b.cfg.Modules, required) }); err != nil {
-		held = append(held, failure{StepModules, err})
-	}
+	// Modules load while the network comes up: the network step waits for
+	// its interface to appear (LoadModules loads the hardware's drivers
+	// first), DHCP's round trips hide the filesystem modules' load time,
+	// and nothing after the network runs before the modules are in.
+	modules := make(chan error, 1)
+	go func() {
+		modules <- b.rep.Run(ctx, StepModules, func(context.Context) error { return b.sys.LoadModules(extra, required) })
+	}()
 
 	var lease netup.Lease
-	if err := b.rep.Run(ctx, StepNetwork, func(ctx context.Context) error {
+	netErr := b.rep.Run(ctx, StepNetwork, func(ctx context.Context) error {
 		var err error
 		lease, err = b.sys.Network(ctx, b.cfg, b.rep.Printf)
 		return err
-	}); err != nil {
-		return b.fail(ctx, append(held, failure{StepNetwork, err})...)
+	})
+	if err := <-modules; err != nil {
+		held = append(held, failure{StepModules, err})
+	}
+	if netErr != nil {
+		return b.fail(ctx, append(held, failure{StepNetwork, netErr})...)
 	}
 	b.rep.Online()
 	b.rep.Printf("network: %s %s on %s, DHCP server %s", lease.Interface, lease.Addr, lease.MAC, lease.Server)
@@ -209,7 +227,8 @@ func (b *booter) run(ctx context.Context) error {
 	if err := b.rep.Run(ctx, StepIdentity, func(context.Context) error {
 		return b.sys.WriteIdentity(NewRoot, identity.Identity{
 			Board: b.cfg.Board, MAC: lease.MAC.String(), IP: lease.Addr.Addr().String(), Token: b.cfg.Token,
-			NBD: "nbd://" + b.cfg.NBDAddr + "/" + b.cfg.NBDExport, Export: b.cfg.NBDExport, Device: root.Device,
+			NBD: "nbd://" + b.cfg.NBDAddr + "/" + b.cfg.NBDExport, NBDAddr: b.cfg.NBDAddr, Export: b.cfg.NBDExport,
+			Device: root.Device, NBDIndex: root.Index, Size: root.Details.Size,
 			Appliance: b.cfg.HTTP, BuildDisk: buildDev,
 		})
 	}); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,7 +31,8 @@ const line = "rackboot.server=10.0.0.1 rackboot.board=b1 rackboot.token=t rackbo
 func fake(cmd string) (*System, *[]string, *bytes.Buffer) {
 	var did []string
 	var console bytes.Buffer
-	log := func(s string) { did = append(did, s) }
+	var mu sync.Mutex // modules load concurrently with the network step
+	log := func(s string) { mu.Lock(); did = append(did, s); mu.Unlock() }
 	mac, _ := net.ParseMAC("52:54:00:00:00:01")
 	sys := &System{
 		Early:       func() error { log("early"); return nil },
@@ -108,9 +110,46 @@ func TestRun(t *testing.T) {
 				tc.edit(sys)
 			}
 			Run(t.Context(), *sys)
-			if got := strings.Join(*did, "|"); got != tc.want {
+			if got := strings.Join(inOrder(*did), "|"); got != tc.want {
 				t.Errorf("Run did\n%s\nwant\n%s\nconsole:\n%s", got, tc.want, console)
 			}
 		})
+	}
+}
+
+// inOrder puts "modules" before "network": the two steps run at the same
+// time, so the fakes log them in either order.
+func inOrder(did []string) []string {
+	out := append([]string(nil), did...)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "network" && strings.HasPrefix(out[i+1], "modules") {
+			out[i], out[i+1] = out[i+1], out[i]
+		}
+	}
+	return out
+}
+
+// The network comes up while the modules load: a LoadModules that only
+// returns once the network step has started doesn't hold the boot up.
+func TestModulesLoadDuringNetwork(t *testing.T) {
+	t.Parallel()
+	sys, did, console := fake(line + " rackboot.http=http://127.0.0.1:1/")
+	networkStarted := make(chan struct{})
+	network := sys.Network
+	sys.Network = func(ctx context.Context, c cmdline.Config, p func(string, ...any)) (netup.Lease, error) {
+		close(networkStarted)
+		return network(ctx, c, p)
+	}
+	sys.LoadModules = func(extra, required []string) error {
+		select {
+		case <-networkStarted:
+		case <-time.After(5 * time.Second):
+			return errors.New("the network step never started while modules loaded")
+		}
+		return nil
+	}
+	Run(t.Context(), *sys)
+	if !strings.Contains(strings.Join(*did, "|"), "attach") {
+		t.Errorf("Run did %q; want the root attached\nconsole:\n%s", *did, console)
 	}
 }

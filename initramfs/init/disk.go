@@ -15,6 +15,9 @@ import (
 type buildDisk struct{}
 
 func (buildDisk) Build(ctx context.Context, selector string, exclude []string) (string, error) {
+	// Disks behind USB appear as the hub enumerates them, possibly after
+	// the modules step looked: load what they need now.
+	rescanModules()
 	disks, err := disk.List("/sys", "/dev")
 	if err != nil {
 		return "", fmt.Errorf("listing disks: %w", err)

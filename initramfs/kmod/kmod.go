@@ -1,6 +1,8 @@
 // Package kmod loads the kernel modules packed in the initramfs, with
 // u-root's kmodule (modules.dep under /lib/modules/$(uname -r);
-// .ko, .ko.xz and .ko.zst).
+// .ko, .ko.xz and .ko.zst): those the hardware needs ([LoadHardware], from
+// modules.alias and the devices' modaliases, as udev and modprobe match
+// them), or all of them ([Load]).
 package kmod
 
 import (
@@ -8,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -92,6 +95,12 @@ func Load(names, required []string) (Result, error) {
 	}
 	wg.Wait()
 	slices.Sort(res.Loaded)
+	return res, checkRequired(res, required)
+}
+
+// checkRequired fails for each module in required that isn't in the
+// kernel.
+func checkRequired(res Result, required []string) error {
 	var errs []error
 	for _, r := range required {
 		if !loaded(r) {
@@ -102,8 +111,129 @@ func Load(names, required []string) (Result, error) {
 			errs = append(errs, fmt.Errorf("module %s: %w", r, err))
 		}
 	}
-	return res, errors.Join(errs...)
+	return errors.Join(errs...)
 }
+
+// HardwareOptions tune LoadHardware.
+type HardwareOptions struct {
+	// Always are loaded whatever the hardware: module names, or aliases
+	// such as "crc32c" for every packed module that provides it.
+	Always []string
+	// Required must end up in the kernel, or LoadHardware fails.
+	Required []string
+	// Params are module parameters by module name ("nbd": "nbds_max=1").
+	Params map[string]string
+	// Workers is how many modules load at once; zero means one per CPU.
+	// On a single CPU loading one at a time is faster than contending.
+	Workers int
+}
+
+// LoadHardware loads what the machine needs rather than every packed
+// module: the modules whose aliases match a device's modalias under sys,
+// then o.Always. Drivers bring up new devices as they load (virtio devices
+// behind virtio_pci, disks behind a SATA or USB host), so the devices are
+// scanned again after each module and new matches go to the front of the
+// queue: the network driver is in before the filesystems are. Modules
+// already in the kernel are skipped, so calling it again later loads what
+// devices that appeared since need. It fails like Load when a module in
+// o.Required is missing.
+func LoadHardware(aliases *Aliases, packed []string, sys string, o HardwareOptions) (Result, error) {
+	p, err := kmodule.NewProber(kmodule.ProbeOpts{})
+	if err != nil {
+		return Result{}, fmt.Errorf("reading module dependencies: %w", err)
+	}
+	isPacked := map[string]bool{}
+	for _, n := range packed {
+		isPacked[norm(n)] = true
+	}
+	res := Result{Failed: map[string]error{}, Took: map[string]time.Duration{}}
+	var (
+		mu     sync.Mutex
+		cond   = sync.NewCond(&mu)
+		queue  []string
+		tried  = map[string]bool{}
+		active int
+	)
+	// scan queues the modules new devices match, ahead of the rest; mu held.
+	var seen devices
+	scan := func() {
+		modaliases, err := seen.scan(sys)
+		if err != nil {
+			return
+		}
+		var found []string
+		for _, m := range modaliases {
+			for _, mod := range aliases.Match(m) {
+				if k := norm(mod); isPacked[k] && !tried[k] {
+					tried[k] = true
+					if !loaded(k) {
+						found = append(found, mod)
+					}
+				}
+			}
+		}
+		queue = append(found, queue...)
+	}
+	mu.Lock()
+	scan()
+	for _, n := range o.Always {
+		names := []string{n}
+		if !isPacked[norm(n)] && !loaded(n) {
+			names = aliases.Match(n)
+		}
+		for _, m := range names {
+			if k := norm(m); !tried[k] {
+				tried[k] = true
+				queue = append(queue, m)
+			}
+		}
+	}
+	mu.Unlock()
+
+	workers := o.Workers
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for {
+				for len(queue) == 0 && active > 0 {
+					cond.Wait()
+				}
+				if len(queue) == 0 {
+					cond.Broadcast()
+					return
+				}
+				n := queue[0]
+				queue = queue[1:]
+				active++
+				mu.Unlock()
+				start := time.Now()
+				err := p.Probe(n, o.Params[norm(n)])
+				took := time.Since(start)
+				mu.Lock()
+				active--
+				res.Took[n] = took
+				if err != nil {
+					res.Failed[n] = err
+				} else {
+					res.Loaded = append(res.Loaded, n)
+				}
+				scan()
+				cond.Broadcast()
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(res.Loaded)
+	return res, checkRequired(res, o.Required)
+}
+
+// norm is a module name with - as _, as the kernel names modules.
+func norm(name string) string { return strings.ReplaceAll(name, "-", "_") }
 
 // loaded reports whether module name is in the kernel (loaded or built in).
 func loaded(name string) bool {

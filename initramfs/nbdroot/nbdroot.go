@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rackboot/rackboot/nbd"
@@ -28,12 +29,23 @@ const (
 	// included.
 	DefaultDialTimeout = 15 * time.Second
 	// DefaultDeadConnTimeout is how long the kernel holds I/O when the
-	// connection dies, waiting for a reconnect (nbd/kernel.Reconfigure)
-	// before failing it: long enough for an appliance restart.
+	// connection dies, waiting for a reconnect (nbd/kernel.Reconfigure,
+	// which rackboot-agent does) before failing it: long enough for an
+	// appliance restart.
 	DefaultDeadConnTimeout = 120 * time.Second
-	// DefaultRequestTimeout is the kernel's per-request timeout.
-	DefaultRequestTimeout = 60 * time.Second
-	DefaultFSType         = "ext4"
+	// DefaultRequeueInterval is the block layer's request timeout on the
+	// device (/sys/block/nbdN/queue/io_timeout) when ReqTimeout is zero.
+	// At each expiry the driver resends a request that was in flight on a
+	// socket that has since been replaced, so it bounds how long such a
+	// request waits after a reconnect; a request that is merely slow is
+	// left alone (and logged as a possible stuck request).
+	DefaultRequeueInterval = 5 * time.Second
+	// UserTimeout is the sockets' TCP_USER_TIMEOUT: data the server doesn't
+	// acknowledge for that long (it vanished without closing the
+	// connection) kills the connection, which the driver then reports as
+	// a dead link.
+	UserTimeout   = 30 * time.Second
+	DefaultFSType = "ext4"
 )
 
 // Options describe the root.
@@ -45,8 +57,18 @@ type Options struct {
 	FSType, MountData string
 	// Index is the NBD device (default 0, /dev/nbd0); kernel.AnyIndex for
 	// the first free one.
-	Index                                    int
-	DialTimeout, DeadConnTimeout, ReqTimeout time.Duration
+	Index                        int
+	DialTimeout, DeadConnTimeout time.Duration
+	// ReqTimeout, if set, is the driver's per-request timeout
+	// (NBD_ATTR_TIMEOUT): a request slower than that kills the connection
+	// and is resent on the next one. Zero (the default) leaves slow
+	// requests alone: dead connections are found by TCP (the server closed
+	// it, UserTimeout, keepalive), and RequeueInterval bounds the wait of
+	// in-flight requests after a reconnect.
+	ReqTimeout time.Duration
+	// RequeueInterval defaults to DefaultRequeueInterval; it applies when
+	// ReqTimeout is zero.
+	RequeueInterval time.Duration
 }
 
 // Root is the attached and mounted root.
@@ -64,8 +86,8 @@ func Attach(ctx context.Context, o Options) (Root, error) {
 	if o.DeadConnTimeout <= 0 {
 		o.DeadConnTimeout = DefaultDeadConnTimeout
 	}
-	if o.ReqTimeout <= 0 {
-		o.ReqTimeout = DefaultRequestTimeout
+	if o.RequeueInterval <= 0 {
+		o.RequeueInterval = DefaultRequeueInterval
 	}
 	if o.FSType == "" {
 		o.FSType = DefaultFSType
@@ -86,13 +108,20 @@ func Attach(ctx context.Context, o Options) (Root, error) {
 		Timeout:         o.ReqTimeout,
 		DeadConnTimeout: o.DeadConnTimeout,
 	}
-	idx, err := kernel.Connect(ctx, cfg, conn.(*net.TCPConn))
+	idx, err := kernel.Connect(ctx, cfg, conn)
 	if err != nil {
 		return Root{}, fmt.Errorf("attaching export %q: %w", o.Export, err)
 	}
 	r := Root{Device: "/dev/nbd" + strconv.Itoa(idx), Index: idx, Details: d}
 	if err := waitSize(ctx, idx); err != nil {
 		return r, err
+	}
+	if o.ReqTimeout <= 0 {
+		// Without io_timeout (kernels before 5.0) the block layer's
+		// default of 30 s applies: the root works, reconnects stall
+		// longer.
+		p := filepath.Join("/sys/block", "nbd"+strconv.Itoa(idx), "queue/io_timeout")
+		os.WriteFile(p, []byte(strconv.FormatInt(o.RequeueInterval.Milliseconds(), 10)), 0o644)
 	}
 	if err := os.MkdirAll(o.Target, 0o755); err != nil {
 		return r, err
@@ -109,25 +138,19 @@ func Attach(ctx context.Context, o Options) (Root, error) {
 
 // dial connects and negotiates, retrying until DialTimeout: the appliance
 // may be restarting, or ARP still settling.
-func dial(ctx context.Context, o Options) (net.Conn, nbd.ExportDetails, error) {
+func dial(ctx context.Context, o Options) (*net.TCPConn, nbd.ExportDetails, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
 	var last error
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", o.Addr)
+		conn, det, err := Dial(ctx, o.Addr, o.Export)
 		if err == nil {
-			var det nbd.ExportDetails
-			det, err = nbd.Handshake(ctx, conn, o.Export)
-			if err == nil {
-				return conn, det, nil
-			}
-			conn.Close()
-			var ne *nbd.Error
-			if errors.As(err, &ne) {
-				// The server refused the export: retrying won't help.
-				return nil, nbd.ExportDetails{}, fmt.Errorf("NBD export %q at %s: %w", o.Export, o.Addr, err)
-			}
+			return conn, det, nil
+		}
+		var ne *nbd.Error
+		if errors.As(err, &ne) {
+			// The server refused the export: retrying won't help.
+			return nil, nbd.ExportDetails{}, err
 		}
 		last = err
 		select {
@@ -136,6 +159,50 @@ func dial(ctx context.Context, o Options) (net.Conn, nbd.ExportDetails, error) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// TCP keepalive of the sockets Dial makes, which they keep once the kernel
+// owns them: an idle connection to a server that vanished without closing
+// it (a power cut, a pulled cable) is found dead after about
+// KeepAliveIdle + KeepAliveCount*KeepAliveInterval, and the driver then
+// reports the dead link (nbd/kernel.Monitor), so that it can be replaced
+// before the next I/O has to wait for it.
+const (
+	KeepAliveIdle     = 10 * time.Second
+	KeepAliveInterval = 5 * time.Second
+	KeepAliveCount    = 3
+)
+
+// Dial connects to the NBD server at addr (HOST:PORT) once and negotiates
+// export, leaving the socket in the transmission phase for
+// nbd/kernel.Connect or Reconfigure. ctx bounds both. A refusal of the
+// export by the server wraps an *nbd.Error.
+func Dial(ctx context.Context, addr, export string) (*net.TCPConn, nbd.ExportDetails, error) {
+	d := net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{
+			Enable: true, Idle: KeepAliveIdle, Interval: KeepAliveInterval, Count: KeepAliveCount,
+		},
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(UserTimeout.Milliseconds()))
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nbd.ExportDetails{}, err
+	}
+	det, err := nbd.Handshake(ctx, conn, export)
+	if err != nil {
+		conn.Close()
+		return nil, nbd.ExportDetails{}, fmt.Errorf("NBD export %q at %s: %w", export, addr, err)
+	}
+	return conn.(*net.TCPConn), det, nil
 }
 
 // waitSize waits until the kernel shows the device's size in sysfs, which

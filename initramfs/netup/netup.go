@@ -8,7 +8,6 @@ package netup
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/u-root/u-root/pkg/dhclient"
 	"github.com/vishvananda/netlink"
 )
@@ -81,26 +81,25 @@ func Up(ctx context.Context, o Options) (Lease, error) {
 	}
 	name := link.Attrs().Name
 	o.Printf("interface %s (%s)", name, link.Attrs().HardwareAddr)
-	c := dhclient.Config{
-		Timeout: o.DHCPTimeout,
-		Retries: o.DHCPRetries,
-		Modifiers4: []dhcpv4.Modifier{
-			dhcpv4.WithOption(dhcpv4.OptClassIdentifier(VendorClass)),
-			dhcpv4.WithRequestedOptions(dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionDomainNameServer, dhcpv4.OptionHostName),
-		},
+	// DHCP goes out as soon as the link has carrier: u-root's dhclient
+	// waits for the operational state to say "up", which the kernel's
+	// link watcher updates up to a second later (it batches non-urgent
+	// events), while the device transmits from the moment it is up with
+	// carrier.
+	client, err := nclient4.New(name, nclient4.WithTimeout(o.DHCPTimeout), nclient4.WithRetry(o.DHCPRetries))
+	if err != nil {
+		return Lease{}, fmt.Errorf("DHCP on %s: %w", name, err)
 	}
-	var lease dhclient.Lease
-	var errs []error
-	for r := range dhclient.SendRequests(ctx, []netlink.Link{link}, true, false, c, o.LinkTimeout) {
-		if r.Err != nil {
-			errs = append(errs, r.Err)
-			continue
-		}
-		lease = r.Lease
+	defer client.Close()
+	dl, err := client.Request(ctx,
+		dhcpv4.WithNetboot,
+		dhcpv4.WithOption(dhcpv4.OptClassIdentifier(VendorClass)),
+		dhcpv4.WithRequestedOptions(dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionDomainNameServer, dhcpv4.OptionHostName),
+	)
+	if err != nil {
+		return Lease{}, fmt.Errorf("DHCP on %s: %w", name, err)
 	}
-	if lease == nil {
-		return Lease{}, fmt.Errorf("DHCP on %s: %w", name, errors.Join(append(errs, errors.New("no lease"))...))
-	}
+	lease := dhclient.NewPacket4(link, dl.ACK)
 	if err := lease.Configure(); err != nil {
 		return Lease{}, fmt.Errorf("configuring %s: %w", name, err)
 	}
@@ -124,7 +123,7 @@ func Up(ctx context.Context, o Options) (Lease, error) {
 func choose(ctx context.Context, o Options) (netlink.Link, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.LinkTimeout)
 	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	seen := map[string]bool{}
 	for {
@@ -141,7 +140,7 @@ func choose(ctx context.Context, o Options) (netlink.Link, error) {
 				seen[l.Attrs().Name] = true
 				netlink.LinkSetUp(l) // carrier is only known once up
 			}
-			if o.MAC != nil || carrier(l.Attrs().Name) {
+			if carrier(l.Attrs().Name) {
 				return l, nil
 			}
 		}
@@ -152,7 +151,7 @@ func choose(ctx context.Context, o Options) (netlink.Link, error) {
 				names = append(names, fmt.Sprintf("%s (%s)", l.Attrs().Name, l.Attrs().HardwareAddr))
 			}
 			if o.MAC != nil {
-				return nil, fmt.Errorf("no interface with MAC %s among %s", o.MAC, list(names))
+				return nil, fmt.Errorf("no interface with MAC %s and carrier among %s", o.MAC, list(names))
 			}
 			return nil, fmt.Errorf("no interface with carrier among %s", list(names))
 		case <-tick.C:

@@ -68,6 +68,7 @@ type Reporter struct {
 	Uptime func() time.Duration
 
 	once    sync.Once
+	cmu     sync.Mutex // serialises Console writes
 	mu      sync.Mutex
 	queue   []Step
 	online  bool
@@ -123,7 +124,14 @@ func (r *Reporter) Printf(format string, args ...any) {
 	if r.Console == nil {
 		return
 	}
-	fmt.Fprintf(r.Console, "rackboot: %s%s\n", r.at(), fmt.Sprintf(format, args...))
+	r.write(fmt.Sprintf("rackboot: %s%s\n", r.at(), fmt.Sprintf(format, args...)))
+}
+
+// write writes one line to the console.
+func (r *Reporter) write(line string) {
+	r.cmu.Lock()
+	defer r.cmu.Unlock()
+	io.WriteString(r.Console, line)
 }
 
 func (r *Reporter) at() string {
@@ -141,7 +149,7 @@ func (r *Reporter) print(s Step) {
 	if s.Error != "" {
 		line += " err=" + s.Error
 	}
-	fmt.Fprintln(r.Console, line)
+	r.write(line + "\n")
 }
 
 func (r *Reporter) enqueue(s Step) {
@@ -206,14 +214,14 @@ func (r *Reporter) send() {
 		if err != nil {
 			r.fails++
 			if r.Console != nil {
-				fmt.Fprintf(r.Console, "rackboot: %sreport %s: %v\n", r.at(), s.Name, err)
+				r.write(fmt.Sprintf("rackboot: %sreport %s: %v\n", r.at(), s.Name, err))
 			}
 		} else {
 			r.fails = 0
 		}
 		if r.fails >= DefaultMaxFailures || r.spent >= budget {
 			if !r.dead && r.Console != nil {
-				fmt.Fprintf(r.Console, "rackboot: %sappliance unreachable: reporting stopped, steps go to the console only\n", r.at())
+				r.write(fmt.Sprintf("rackboot: %sappliance unreachable: reporting stopped, steps go to the console only\n", r.at()))
 			}
 			r.dead = true
 		}
@@ -222,21 +230,48 @@ func (r *Reporter) send() {
 }
 
 func (r *Reporter) post(s Step, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c := Client{URL: r.URL, Token: r.Token, Dial: r.Dial, UserAgent: "rackboot-initramfs"}
+	return c.Post(ctx, s)
+}
+
+// ErrRefused is returned (wrapped) by Client.Post when the appliance
+// answers 401 or 403: the token is not the board's current boot (the board
+// was booted again, or the boot was ended), so retrying won't help.
+var ErrRefused = errors.New("report refused")
+
+// Client posts steps to the appliance. Its zero value is not usable: URL
+// and Token are required. It is safe for concurrent use.
+type Client struct {
+	// URL is the report endpoint (http:// only) and Token the boot's
+	// bearer token.
+	URL, Token string
+	// Dial connects to the appliance; nil means a net.Dialer. Reports are
+	// plain HTTP/1.1 written by hand: net/http would bring crypto/tls and
+	// about a megabyte into the initramfs.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// UserAgent names the sender.
+	UserAgent string
+}
+
+// Post sends one step and waits for the answer, within ctx. The URL's
+// host should be an IP address: a name is resolved at every call, reading
+// /etc/resolv.conf and friends.
+func (c *Client) Post(ctx context.Context, s Step) error {
 	body, err := json.Marshal(s)
 	if err != nil {
 		return err
 	}
-	u, err := url.Parse(r.URL)
+	u, err := url.Parse(c.URL)
 	if err != nil || u.Scheme != "http" {
-		return fmt.Errorf("report URL %q: want http://", r.URL)
+		return fmt.Errorf("report URL %q: want http://", c.URL)
 	}
 	host := u.Host
 	if u.Port() == "" {
 		host = net.JoinHostPort(u.Hostname(), "80")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	dial := r.Dial
+	dial := c.Dial
 	if dial == nil {
 		var d net.Dialer
 		dial = d.DialContext
@@ -249,9 +284,11 @@ func (r *Reporter) post(s Step, timeout time.Duration) error {
 	if d, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(d)
 	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	var req strings.Builder
-	fmt.Fprintf(&req, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n", u.RequestURI(), u.Host, r.Token)
-	fmt.Fprintf(&req, "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\nUser-Agent: rackboot-initramfs\r\n\r\n", len(body))
+	fmt.Fprintf(&req, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n", u.RequestURI(), u.Host, c.Token)
+	fmt.Fprintf(&req, "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\nUser-Agent: %s\r\n\r\n", len(body), c.UserAgent)
 	req.Write(body)
 	if _, err := io.WriteString(conn, req.String()); err != nil {
 		return err
@@ -266,7 +303,10 @@ func (r *Reporter) post(s Step, timeout time.Duration) error {
 	if err != nil {
 		return errors.New("malformed HTTP answer")
 	}
-	if code/100 != 2 {
+	switch {
+	case code == 401 || code == 403:
+		return fmt.Errorf("appliance answered %s: %w", rest, ErrRefused)
+	case code/100 != 2:
 		return fmt.Errorf("appliance answered %s", rest)
 	}
 	return nil

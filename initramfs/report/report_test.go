@@ -99,3 +99,26 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+func TestClientPost(t *testing.T) {
+	t.Parallel()
+	codes := map[string]int{"/ok": http.StatusNoContent, "/gone": http.StatusForbidden, "/broken": http.StatusInternalServerError}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("User-Agent") != "test-agent" {
+			http.Error(w, "agent", http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(codes[r.URL.Path])
+	}))
+	defer srv.Close()
+	for path, want := range map[string]error{"/ok": nil, "/gone": ErrRefused, "/broken": nil} {
+		c := &Client{URL: srv.URL + path, Token: "t", UserAgent: "test-agent"}
+		err := c.Post(t.Context(), Step{Name: "heartbeat", Status: StatusOK})
+		switch {
+		case path == "/broken" && err == nil:
+			t.Errorf("Post to %s: no error", path)
+		case path != "/broken" && !errors.Is(err, want):
+			t.Errorf("Post to %s = %v; want %v", path, err, want)
+		}
+	}
+}

@@ -15,13 +15,18 @@
 //
 // If the server goes away, the kernel keeps requests queued for
 // [Config.DeadConnTimeout]; [Reconfigure] hands it new, already negotiated
-// sockets for the same export within that time. [Disconnect] detaches the
-// device and [Status] lists the devices the driver knows.
+// sockets for the same export within that time. A [Monitor] hears the
+// driver's dead-link notifications. [Disconnect] detaches the device and
+// [Status] lists the devices the driver knows (configured or not: it
+// doesn't say whether a socket is alive).
 //
 // # Caveats
 //
 // The calls need CAP_SYS_ADMIN and the nbd module loaded (otherwise the
-// family does not exist: [ErrNoDriver]). The driver accepts block sizes that
+// family does not exist: [ErrNoDriver]). Reconfigure replaces dead sockets
+// only: given while the device's sockets are all alive, the socket is
+// dropped and the call still succeeds (nbd_genl_reconfigure turns the
+// -ENOSPC of nbd_reconnect_socket into 0). The driver accepts block sizes that
 // are powers of two from 512 bytes to the page size. Messages are built with
 // the native byte order of the host, as netlink requires. The package is
 // Linux-only.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"time"
 
@@ -19,7 +20,12 @@ const (
 	cmdConnect     = 1
 	cmdDisconnect  = 2
 	cmdReconfigure = 3
+	cmdLinkDead    = 4
 	cmdStatus      = 5
+
+	// mcastGroup is NBD_GENL_MCAST_GROUP_NAME, where the driver sends
+	// NBD_CMD_LINK_DEAD.
+	mcastGroup = "nbd_mc_group"
 
 	attrIndex           = 1
 	attrSizeBytes       = 2
@@ -78,9 +84,12 @@ type Config struct {
 	// them (nbd.FlagReadOnly, nbd.FlagSendFlush, ...): the driver honours
 	// READ_ONLY, SEND_FLUSH, SEND_FUA, SEND_TRIM and CAN_MULTI_CONN.
 	ServerFlags uint16
-	// Timeout is the per-request timeout, in whole seconds; zero keeps
-	// the driver's default (30 s). On expiry with a dead connection the
-	// request fails.
+	// Timeout is the per-request timeout, in whole seconds. On expiry the
+	// driver shuts the request's socket down (a dead link) and resends the
+	// request once the device has a live socket again, within
+	// DeadConnTimeout. Zero sets none: the block layer's timer (30 s, or
+	// /sys/block/nbdN/queue/io_timeout) then only resends requests whose
+	// socket was replaced meanwhile, and a slow server is never cut off.
 	Timeout time.Duration
 	// DeadConnTimeout is how long, in whole seconds, the driver keeps
 	// requests waiting for a Reconfigure once every socket is dead; zero
@@ -92,7 +101,11 @@ type Config struct {
 
 // Device is one entry of Status.
 type Device struct {
-	Index     int
+	Index int
+	// Connected reports that the device is configured (the driver holds a
+	// connection config for it), not that its socket is alive: the driver
+	// keeps it set while requests wait for a Reconfigure after the
+	// connection died. Watch for dead links with a [Monitor].
 	Connected bool
 }
 
@@ -228,25 +241,74 @@ func withFDs(socks []syscall.Conn, f func([]int) error) error {
 
 // familyID resolves the "nbd" family with CTRL_CMD_GETFAMILY.
 func familyID() (uint16, error) {
+	id, _, err := resolveFamily()
+	return id, err
+}
+
+// resolveFamily returns the "nbd" family's ID and the ID of its multicast
+// group (zero if the driver has none).
+func resolveFamily() (id uint16, group uint32, err error) {
 	msgs, err := familyRequest().Execute(unix.NETLINK_GENERIC, 0)
 	if errors.Is(err, unix.ENOENT) {
-		return 0, ErrNoDriver
+		return 0, 0, ErrNoDriver
 	}
 	if err != nil {
-		return 0, fmt.Errorf("resolving generic netlink family %q: %w", familyName, err)
+		return 0, 0, fmt.Errorf("resolving generic netlink family %q: %w", familyName, err)
 	}
+	id, group, err = parseFamilyReply(msgs)
+	if err != nil {
+		return 0, 0, err
+	}
+	if id == 0 {
+		return 0, 0, ErrNoDriver
+	}
+	return id, group, nil
+}
+
+// parseFamilyReply finds the family ID and the ID of the nbd multicast
+// group in a CTRL_CMD_GETFAMILY reply.
+func parseFamilyReply(msgs [][]byte) (id uint16, group uint32, err error) {
 	for _, m := range msgs {
 		attrs, err := parseGenl(m)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		for _, a := range attrs {
-			if a.typ == nl.GENL_CTRL_ATTR_FAMILY_ID && len(a.value) >= 2 {
-				return nl.NativeEndian().Uint16(a.value), nil
+			switch a.typ {
+			case nl.GENL_CTRL_ATTR_FAMILY_ID:
+				if len(a.value) >= 2 {
+					id = nl.NativeEndian().Uint16(a.value)
+				}
+			case nl.GENL_CTRL_ATTR_MCAST_GROUPS:
+				groups, err := parseAttrs(a.value)
+				if err != nil {
+					return 0, 0, fmt.Errorf("parsing multicast groups: %w", err)
+				}
+				for _, g := range groups {
+					fields, err := parseAttrs(g.value)
+					if err != nil {
+						return 0, 0, fmt.Errorf("parsing multicast group: %w", err)
+					}
+					var name string
+					var gid uint32
+					for _, f := range fields {
+						switch f.typ {
+						case nl.GENL_CTRL_ATTR_MCAST_GRP_NAME:
+							name = strings.TrimRight(string(f.value), "\x00")
+						case nl.GENL_CTRL_ATTR_MCAST_GRP_ID:
+							if len(f.value) >= 4 {
+								gid = nl.NativeEndian().Uint32(f.value)
+							}
+						}
+					}
+					if name == mcastGroup {
+						group = gid
+					}
+				}
 			}
 		}
 	}
-	return 0, ErrNoDriver
+	return id, group, nil
 }
 
 func familyRequest() *nl.NetlinkRequest {

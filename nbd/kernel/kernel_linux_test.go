@@ -186,3 +186,62 @@ func FuzzParseStatusReply(f *testing.F) {
 		parseIndexReply([][]byte{b})
 	})
 }
+
+func TestParseFamilyReply(t *testing.T) {
+	requireLittleEndian(t)
+	group := func(name string, id uint32) []byte {
+		return cat(attr(1, []byte(name+"\x00")), attr(2, u32(id)))
+	}
+	reply := append([]byte{1, 2, 0, 0}, cat(
+		attr(2, []byte("nbd\x00")),
+		attr(1, binary.LittleEndian.AppendUint16(nil, 0x1d)),
+		attr(nested|7, cat(attr(nested|1, group("other", 3)), attr(nested|2, group("nbd_mc_group", 9)))),
+	)...)
+	id, g, err := parseFamilyReply([][]byte{reply})
+	if err != nil || id != 0x1d || g != 9 {
+		t.Errorf("parseFamilyReply = %#x, %d, %v; want 0x1d, 9, nil", id, g, err)
+	}
+}
+
+func TestParseLinkDead(t *testing.T) {
+	requireLittleEndian(t)
+	const fam = 0x1d
+	// Multicast messages carry no NLM_F_REQUEST; hdr's flags don't matter
+	// to the parser.
+	dead := func(i uint32) []byte { return message(fam, cmdLinkDead, attr(attrIndex, u32(i))) }
+	tests := map[string]struct {
+		in   []byte
+		want []int
+	}{
+		"one":          {dead(0), []int{0}},
+		"two":          {cat(dead(2), dead(5)), []int{2, 5}},
+		"other family": {message(fam+1, cmdLinkDead, attr(attrIndex, u32(1))), nil},
+		"other cmd":    {message(fam, cmdStatus, attr(attrIndex, u32(1))), nil},
+		"no index":     {message(fam, cmdLinkDead), nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := parseLinkDead(tc.in, fam)
+			if err != nil {
+				t.Fatalf("parseLinkDead: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("parseLinkDead (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if _, err := parseLinkDead(dead(1)[:20], fam); err == nil {
+		t.Error("parseLinkDead of a truncated message: no error")
+	}
+}
+
+func FuzzParseLinkDead(f *testing.F) {
+	f.Add(message(0x1d, cmdLinkDead, attr(attrIndex, u32(3))))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 4096 {
+			return
+		}
+		parseLinkDead(b, 0x1d)
+		parseFamilyReply([][]byte{b})
+	})
+}
