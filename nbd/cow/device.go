@@ -1,12 +1,14 @@
 package cow
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/bits"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,9 +38,42 @@ type Options struct {
 	// it to inject faults and simulate power cuts.
 	FS FS
 
+	// BootID returns the kernel's boot ID, which tells a crash of this
+	// process (the page cache survives) from a power loss (it doesn't);
+	// nil reads /proc/sys/kernel/random/boot_id. Tests simulate reboots
+	// with it.
+	BootID func() (BootID, error)
+
 	// compactMin overrides the 1 MiB floor of the compaction threshold in
 	// tests.
 	compactMin int64
+}
+
+// ReadBootID reads the running kernel's boot ID.
+func ReadBootID() (BootID, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return BootID{}, err
+	}
+	h, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(string(b)), "-", ""))
+	if err != nil || len(h) != 16 {
+		return BootID{}, fmt.Errorf("boot ID %q: not a UUID", b)
+	}
+	return BootID(h), nil
+}
+
+func (o Options) bootID() BootID {
+	f := o.BootID
+	if f == nil {
+		f = ReadBootID
+	}
+	id, err := f()
+	if err != nil {
+		// Without it, no intent batches: a crash of the server then
+		// loses the writes since the last FLUSH, as a power loss would.
+		return BootID{}
+	}
+	return id
 }
 
 // Device is a copy-on-write block device: reads come from the base image
@@ -59,6 +94,7 @@ type Device struct {
 	size       int64
 	shift      uint
 	compactMin int64
+	boot       BootID // zero: no intent batches
 	fsys       FS
 	dir        string
 	data       File
@@ -80,10 +116,13 @@ type Device struct {
 	gen atomic.Uint64 // completed mutations
 
 	flushMu   sync.Mutex
-	meta      File
 	syncedGen uint64
-	seq       uint64 // last batch written
-	logEnd    int64
+
+	// logMu guards appends to the metadata log.
+	logMu  sync.Mutex
+	meta   File
+	seq    uint64 // last batch written
+	logEnd int64
 }
 
 const stripeCount = 4096
@@ -149,7 +188,7 @@ func newDevice(base Base, opts Options, fsys FS, dir string, shift uint, data, m
 		cm = 1 << 20
 	}
 	return &Device{
-		base: base, size: base.Size(), shift: shift, fsys: fsys, dir: dir, compactMin: cm,
+		base: base, size: base.Size(), shift: shift, fsys: fsys, dir: dir, compactMin: cm, boot: opts.bootID(),
 		data: data, meta: meta, seq: seq, logEnd: logEnd,
 		alloc: newBitmap(), changed: newBitmap(),
 	}
@@ -166,12 +205,14 @@ func Open(base Base, dir string, opts Options) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening layer map: %w", err)
 	}
-	d, err := openWithMeta(base, opts, fsys, dir, meta)
+	d, intents, err := openWithMeta(base, opts, fsys, dir, meta)
 	if err != nil {
 		meta.Close()
 		return nil, err
 	}
-	if d.logEnd > d.compactThreshold(d.alloc.count) {
+	// Intents replayed after a crash of the server process are in the page
+	// cache only: make them durable now, in a compacted log.
+	if intents > 0 || d.logEnd > d.compactThreshold(d.alloc.count) {
 		if err := d.compact(); err != nil {
 			d.data.Close()
 			d.meta.Close()
@@ -181,45 +222,46 @@ func Open(base Base, dir string, opts Options) (*Device, error) {
 	return d, nil
 }
 
-func openWithMeta(base Base, opts Options, fsys FS, dir string, meta File) (*Device, error) {
+func openWithMeta(base Base, opts Options, fsys FS, dir string, meta File) (*Device, int, error) {
 	fi, err := meta.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("opening layer map: %w", err)
+		return nil, 0, fmt.Errorf("opening layer map: %w", err)
 	}
 	buf := make([]byte, fi.Size())
 	if _, err := meta.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("reading layer map: %w", err)
+		return nil, 0, fmt.Errorf("reading layer map: %w", err)
 	}
-	h, runs, seq, valid, err := parseLog(buf)
+	r, err := parseLog(buf, opts.bootID())
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", dir, err)
+		return nil, 0, fmt.Errorf("layer %s: %w", dir, err)
 	}
+	h := r.header
 	if int64(h.size) != base.Size() {
-		return nil, fmt.Errorf("layer %s: made for a %d-byte base, base has %d: %w", dir, h.size, base.Size(), ErrCorrupt)
+		return nil, 0, fmt.Errorf("layer %s: made for a %d-byte base, base has %d: %w", dir, h.size, base.Size(), ErrCorrupt)
 	}
-	if int64(valid) < fi.Size() {
+	if int64(r.valid) < fi.Size() {
 		// The tail is a batch a crash cut short: drop it so the next
 		// batch is appended after the valid prefix.
-		if err := errors.Join(meta.Truncate(int64(valid)), meta.Sync()); err != nil {
-			return nil, fmt.Errorf("truncating torn layer map: %w", err)
+		if err := errors.Join(meta.Truncate(int64(r.valid)), meta.Sync()); err != nil {
+			return nil, 0, fmt.Errorf("truncating torn layer map: %w", err)
 		}
 	}
 	data, err := fsys.OpenFile(filepath.Join(dir, dataName), os.O_RDWR, 0)
 	if err != nil {
-		return nil, fmt.Errorf("opening layer data: %w", err)
+		return nil, 0, fmt.Errorf("opening layer data: %w", err)
 	}
 	if dfi, err := data.Stat(); err != nil || dfi.Size() != int64(h.size) {
 		err = errors.Join(err, data.Truncate(int64(h.size)), data.Sync())
 		if err != nil {
 			data.Close()
-			return nil, fmt.Errorf("sizing layer data: %w", err)
+			return nil, 0, fmt.Errorf("sizing layer data: %w", err)
 		}
 	}
-	d := newDevice(base, opts, fsys, dir, uint(h.chunkShift), data, meta, seq, int64(valid))
-	for _, r := range runs {
-		d.alloc.setRange(r.start, uint64(r.n), r.alloc)
+	d := newDevice(base, opts, fsys, dir, uint(h.chunkShift), data, meta, r.seq, int64(r.valid))
+	for _, run := range r.runs {
+		d.alloc.setRange(run.start, uint64(run.n), run.alloc)
 	}
-	return d, nil
+	return d, r.intents, nil
 }
 
 // compactThreshold is the log length above which the log is rewritten:
@@ -391,15 +433,37 @@ func (d *Device) allocated(c uint64) bool {
 	return d.alloc.get(c)
 }
 
-// markAllocated records chunks [first, last] as living in the layer.
-func (d *Device) markAllocated(first, last uint64, v bool) {
+// markAllocated records chunks [first, last] as living in the layer (v)
+// or not. A change is also appended to the log as an intent batch before
+// the write that made it is acknowledged, so that a crash of the server
+// process loses no acknowledged write (see the log format).
+func (d *Device) markAllocated(first, last uint64, v bool) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	changed := false
 	for c := first; c <= last; c++ {
 		if d.alloc.set(c, v) {
 			d.changed.set(c, true)
+			changed = true
 		}
 	}
+	d.mu.Unlock()
+	if !changed || d.boot == (BootID{}) {
+		return nil
+	}
+	return d.appendBatch(d.boot, []run{{start: first, n: uint32(last - first + 1), alloc: v}})
+}
+
+// appendBatch appends a batch to the log, unsynced.
+func (d *Device) appendBatch(boot BootID, runs []run) error {
+	d.logMu.Lock()
+	defer d.logMu.Unlock()
+	b := appendBatch(nil, d.seq+1, boot, runs)
+	if _, err := d.meta.WriteAt(b, d.logEnd); err != nil {
+		return fmt.Errorf("writing layer map: %w", err)
+	}
+	d.seq++
+	d.logEnd += int64(len(b))
+	return nil
 }
 
 // WriteAt writes p at off into the layer. The first write to a chunk that
@@ -452,7 +516,9 @@ func (d *Device) writeLocked(p []byte, off int64) error {
 			if _, err := d.data.WriteAt(p[pos-off:j-off], pos); err != nil {
 				return fmt.Errorf("writing layer at %d: %w", pos, err)
 			}
-			d.markAllocated(c, lastC, true)
+			if err := d.markAllocated(c, lastC, true); err != nil {
+				return err
+			}
 			pos = j
 			continue
 		}
@@ -466,7 +532,9 @@ func (d *Device) writeLocked(p []byte, off int64) error {
 		if _, err := d.data.WriteAt(buf, cStart); err != nil {
 			return fmt.Errorf("writing layer at %d: %w", cStart, err)
 		}
-		d.markAllocated(c, c, true)
+		if err := d.markAllocated(c, c, true); err != nil {
+			return err
+		}
 		pos = segEnd
 	}
 	return nil
@@ -507,7 +575,9 @@ func (d *Device) Trim(off, n int64) error {
 	}
 	unlock := d.lockChunks(first, last)
 	defer unlock()
-	d.markAllocated(first, last, false)
+	if err := d.markAllocated(first, last, false); err != nil {
+		return err
+	}
 	start := int64(first) << d.shift
 	if err := punchHole(d.data, start, d.chunkEnd(last)-start); err != nil {
 		return fmt.Errorf("trimming layer at %d: %w", start, err)
@@ -561,7 +631,9 @@ func (d *Device) WriteZeroes(off, n int64, punch bool) error {
 	if err != nil {
 		return fmt.Errorf("zeroing layer at %d: %w", wStart, err)
 	}
-	d.markAllocated(first, last, true)
+	if err := d.markAllocated(first, last, true); err != nil {
+		return err
+	}
 	if err := zero(wEnd, end); err != nil {
 		return err
 	}
@@ -610,20 +682,20 @@ func (d *Device) sync() (bool, error) {
 		return false, d.fail(fmt.Errorf("syncing layer data: %w", err))
 	}
 	if len(runs) > 0 {
-		b := appendBatch(nil, d.seq+1, runs)
-		if _, err := d.meta.WriteAt(b, d.logEnd); err != nil {
+		if err := d.appendBatch(BootID{}, runs); err != nil {
 			d.restoreChanged(changed)
-			return false, d.fail(fmt.Errorf("writing layer map: %w", err))
+			return false, d.fail(err)
 		}
 		if err := d.meta.Sync(); err != nil {
 			d.restoreChanged(changed)
 			return false, d.fail(fmt.Errorf("syncing layer map: %w", err))
 		}
-		d.seq++
-		d.logEnd += int64(len(b))
 	}
 	d.syncedGen = start
-	return d.logEnd > d.compactThreshold(allocated), nil
+	d.logMu.Lock()
+	bloated := d.logEnd > d.compactThreshold(allocated)
+	d.logMu.Unlock()
+	return bloated, nil
 }
 
 func (d *Device) restoreChanged(old *bitmap) {
@@ -632,17 +704,26 @@ func (d *Device) restoreChanged(old *bitmap) {
 	old.setBits(func(i uint64) { d.changed.set(i, true) })
 }
 
-// compact rewrites the metadata log as a single batch describing the
-// current allocation. The caller holds life exclusively, so no request is
-// in flight.
+// compact rewrites the metadata log as a single durable batch describing
+// the current allocation. The caller holds life exclusively (or is Open),
+// so no request is in flight.
 func (d *Device) compact() error {
 	if _, err := d.sync(); err != nil {
 		return err
 	}
 	d.flushMu.Lock()
 	defer d.flushMu.Unlock()
+	// The new log claims every allocated chunk durably: their data must be
+	// on disk first, whatever sync found to do (after a replay of intents
+	// it finds nothing).
+	if err := d.data.Sync(); err != nil {
+		return d.fail(fmt.Errorf("syncing layer data: %w", err))
+	}
+	d.mu.Lock()
+	d.changed = newBitmap()
 	b := appendHeader(nil, logHeader{chunkShift: uint32(d.shift), size: uint64(d.size)})
-	b = appendBatch(b, 1, runsOf(d.alloc, d.alloc))
+	b = appendBatch(b, 1, BootID{}, runsOf(d.alloc, d.alloc))
+	d.mu.Unlock()
 	tmp := filepath.Join(d.dir, mapName+".tmp")
 	f, err := d.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
