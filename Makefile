@@ -14,7 +14,7 @@ COUNT ?= 1
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
 # Debian packages the tests drive: real NBD clients.
-TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools busybox isc-dhcp-client dnsmasq-base iproute2 gdisk util-linux
+TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools busybox isc-dhcp-client dnsmasq-base iproute2 gdisk util-linux systemd
 # Virtual boards for the VM tests.
 VM_PKGS := qemu-system-x86 ipxe-qemu qemu-system-arm u-boot-qemu
 # Reference servers for the comparative benchmarks.
@@ -68,6 +68,17 @@ OUT := out
 BOOT_TREE := $(OUT)/boot
 
 ARCH ?= amd64
+RECIPE ?= minimal
+
+.PHONY: rootfs
+rootfs: ## master root image RECIPE=minimal|builder for ARCH into out/images/RECIPE-ARCH (root)
+	scripts/rootfs.sh $(RECIPE) $(ARCH) $(OUT)
+
+.PHONY: test-rootfs
+test-rootfs: ## build RECIPE twice, require bit-identical images (root, network, ~2 min)
+	scripts/apt-ensure.sh e2fsprogs
+	scripts/rootfs.sh --deps $(ARCH)
+	RACKBOOT_REQUIRE_TOOLS=1 RACKBOOT_ROOTFS_RECIPE=$(RECIPE) RACKBOOT_ROOTFS_ARCH=$(ARCH) $(GO) test -count=1 -tags rootfsbuild -run TestReproducible -v -timeout 30m ./rootfs/
 
 .PHONY: initramfs
 initramfs: ## board kernel and initramfs for ARCH=amd64|arm64|armhf into out/boot/ARCH
