@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/rackboot/rackboot/initramfs/identity"
 	"github.com/rackboot/rackboot/initramfs/report"
+	"github.com/rackboot/rackboot/nbd"
 )
 
 // appliance records reports like web's POST /api/v1/report.
@@ -266,3 +270,40 @@ func TestFactsRedactToken(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckExport(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &nbd.Server{Resolver: checkResolver{}}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	var out bytes.Buffer
+	if err := checkExport(t.Context(), []string{"nbd://" + ln.Addr().String() + "/ok"}, &out); err != nil || !strings.Contains(out.String(), "export ok: 4096 bytes") {
+		t.Errorf("check-export of a served export: %v, %q", err, out.String())
+	}
+	if err := checkExport(t.Context(), []string{"nbd://" + ln.Addr().String() + "/other"}, &out); err == nil {
+		t.Error("check-export of a refused export succeeded")
+	}
+}
+
+type checkResolver struct{}
+
+func (checkResolver) Open(_ context.Context, name string, _ netip.AddrPort) (*nbd.Export, error) {
+	if name != "ok" {
+		return nil, fs.ErrNotExist
+	}
+	return &nbd.Export{Name: name, Device: memDev(make([]byte, 4096)), ReadOnly: true}, nil
+}
+
+func (checkResolver) List(context.Context, netip.AddrPort) ([]nbd.ExportInfo, error) { return nil, nil }
+
+type memDev []byte
+
+func (m memDev) ReadAt(p []byte, off int64) (int, error)  { return copy(p, m[off:]), nil }
+func (m memDev) WriteAt(p []byte, off int64) (int, error) { return 0, nbd.ErrReadOnly }
+func (m memDev) Size() int64                              { return int64(len(m)) }
+func (m memDev) Sync() error                              { return nil }

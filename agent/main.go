@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rackboot/rackboot/initramfs/identity"
+	"github.com/rackboot/rackboot/nbd"
 	"golang.org/x/sys/unix"
 )
 
@@ -94,6 +95,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 }
 
 func run(ctx context.Context, version string, args []string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "check-export" {
+		return checkExport(ctx, args[1:], os.Stdout)
+	}
 	cfg, err := parseConfig(args, os.Getenv, stderr)
 	if err != nil {
 		return err
@@ -238,4 +242,35 @@ func notify(state string) {
 	}
 	defer conn.Close()
 	conn.Write([]byte(state))
+}
+
+// checkExport is `rackboot-agent check-export nbd://HOST:PORT/EXPORT`: a
+// diagnostic that negotiates the export with NBD_OPT_GO and prints its
+// size and flags, or fails with the server's refusal. The lab uses it to
+// check what a board can and can't attach.
+func checkExport(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) != 1 || !strings.HasPrefix(args[0], "nbd://") {
+		return fmt.Errorf("usage: rackboot-agent check-export nbd://HOST:PORT/EXPORT: %w", errUsage)
+	}
+	hostport, export, ok := strings.Cut(strings.TrimPrefix(args[0], "nbd://"), "/")
+	if !ok {
+		return fmt.Errorf("%s: no export name: %w", args[0], errUsage)
+	}
+	if _, _, err := net.SplitHostPort(hostport); err != nil {
+		hostport = net.JoinHostPort(hostport, "10809")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", hostport)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	details, err := nbd.Handshake(ctx, conn, export)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "export %s: %d bytes, flags %#x\n", export, details.Size, details.Flags)
+	return nil
 }
