@@ -14,9 +14,9 @@ COUNT ?= 1
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
 # Debian packages the tests drive: real NBD clients.
-TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools busybox isc-dhcp-client dnsmasq-base iproute2 gdisk util-linux systemd
-# Virtual boards for the VM tests.
-VM_PKGS := qemu-system-x86 ipxe-qemu qemu-system-arm u-boot-qemu
+TEST_PKGS := libnbd-bin qemu-utils e2fsprogs curl atftp u-boot-tools busybox isc-dhcp-client dnsmasq-base iproute2 gdisk util-linux systemd qemu-system-x86 ipxe-qemu
+# ARM boards for the VM tests.
+VM_PKGS := qemu-system-arm u-boot-qemu
 # Reference servers for the comparative benchmarks.
 BENCH_NBD_PKGS := libnbd-bin qemu-utils nbd-server nbdkit fio
 
@@ -33,9 +33,18 @@ deps: ## install the Debian packages and Go modules the tests need
 build: ## build bin/rackboot
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/rackboot ./cmd/rackboot
 
+# What the virtual rack boots: rackboot, the boot tree, the amd64 kernel and
+# initramfs, the minimal master image.
+.PHONY: rack
+rack: build boot-tree initramfs rootfs
+
 .PHONY: test
-test: deps ## run every test (with the race detector) against real clients
-	RACKBOOT_REQUIRE_TOOLS=1 $(GO) test -race -count=1 ./...
+test: deps rack ## run every test against real clients, and boot virtual boards end to end
+	RACKBOOT_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 40m ./...
+
+.PHONY: demo
+demo: deps rack ## build everything and boot two virtual x86 boards end to end, printing their boot timelines
+	$(GO) run ./e2e/demo -root .
 
 .PHONY: test-robustness
 test-robustness: deps ## COW power-cut tests with many seeds (slow)
