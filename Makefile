@@ -42,6 +42,13 @@ rack: build boot-tree initramfs rootfs
 test: deps rack ## run every test against real clients, and boot virtual boards end to end
 	RACKBOOT_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 40m ./...
 
+.PHONY: test-arm
+test-arm: deps ## boot a virtual arm64 board through U-Boot end to end (TCG: minutes)
+	scripts/apt-ensure.sh $(VM_PKGS)
+	$(MAKE) rack
+	$(MAKE) initramfs rootfs ARCH=arm64
+	RACKBOOT_REQUIRE_TOOLS=1 RACKBOOT_E2E_ARM=1 $(GO) test -count=1 -timeout 30m -run ARM64 -v ./e2e/
+
 .PHONY: demo
 demo: deps rack ## build everything and boot two virtual x86 boards end to end, printing their boot timelines
 	$(GO) run ./e2e/demo -root .

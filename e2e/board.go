@@ -128,7 +128,7 @@ func (b *Board) qemuArgs(console string) []string {
 	switch b.Arch {
 	case "arm64":
 		return append([]string{"qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg",
-			"-bios", "/usr/lib/u-boot/qemu_arm64/u-boot.bin",
+			"-bios", ubootARM64,
 			"-device", "virtio-net-device,netdev=n0,mac=" + b.MAC,
 			"-device", "virtio-blk-device,drive=d0"}, common...)
 	}

@@ -33,7 +33,10 @@ import (
 type Artifacts struct {
 	Rackboot string // the rackboot binary
 	Tree     string // boot tree: pxelinux, iPXE, and ARCH/vmlinuz, ARCH/initramfs.cpio.gz
-	Image    string // master root image (ext4)
+	Image    string // amd64 master root image (ext4)
+	// ARM64Image is the arm64 master root image; empty or missing means
+	// no arm64 boards.
+	ARM64Image string
 }
 
 // DefaultArtifacts finds the build outputs of `make build boot-tree
@@ -45,9 +48,28 @@ func DefaultArtifacts(root string) Artifacts {
 	return Artifacts{
 		Rackboot: filepath.Join(root, "bin", "rackboot"),
 		Tree:     filepath.Join(root, "out", "boot"),
-		Image:    filepath.Join(root, "out", "images", "minimal-amd64", "root.img"),
+		Image:      filepath.Join(root, "out", "images", "minimal-amd64", "root.img"),
+		ARM64Image: filepath.Join(root, "out", "images", "minimal-arm64", "root.img"),
 	}
 }
+
+// CheckARM64 reports what an arm64 board needs and is missing.
+func (a Artifacts) CheckARM64() error {
+	var errs []error
+	for what, p := range map[string]string{
+		"arm64 root image": a.ARM64Image, "arm64 kernel": filepath.Join(a.Tree, "arm64", "Image"),
+		"arm64 initramfs": filepath.Join(a.Tree, "arm64", "initramfs.cpio.gz"), "U-Boot": ubootARM64,
+	} {
+		if _, err := os.Stat(p); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ubootARM64 is Debian's U-Boot for QEMU's arm64 virt machine (u-boot-qemu).
+const ubootARM64 = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
+
 
 // Check reports what is missing.
 func (a Artifacts) Check() error {
@@ -141,16 +163,29 @@ dhcp:
   probe: false
 images:
   - {name: minimal, path: %s}
-boot:
+`, filepath.Join(r.Dir, "state"), applianceIP, applianceIP, applianceIP, applianceIP, applianceIP, r.Artifacts.Image)
+	arm := false
+	for _, bd := range r.boards {
+		arm = arm || bd.Arch == "arm64"
+	}
+	if arm {
+		fmt.Fprintf(&b, "  - {name: minimal-arm64, path: %s}\n", r.Artifacts.ARM64Image)
+	}
+	fmt.Fprintf(&b, `boot:
   tree: %s
   kernels:
     amd64: {kernel: amd64/vmlinuz, initrd: amd64/initramfs.cpio.gz}
-    arm64: {kernel: arm64/vmlinuz, initrd: arm64/initramfs.cpio.gz}
+    # U-Boot's booti wants the uncompressed Image.
+    arm64: {kernel: arm64/Image, initrd: arm64/initramfs.cpio.gz}
 boards:
-`, filepath.Join(r.Dir, "state"), applianceIP, applianceIP, applianceIP, applianceIP, applianceIP, r.Artifacts.Image, r.Artifacts.Tree)
+`, r.Artifacts.Tree)
 	for _, bd := range r.boards {
-		fmt.Fprintf(&b, "  - {name: %s, mac: %q, arch: %s, image: minimal, ip: %s, build_disk: largest, loader: %s}\n",
-			bd.Name, bd.MAC, bd.Arch, bd.IP, bd.Loader)
+		image := "minimal"
+		if bd.Arch == "arm64" {
+			image = "minimal-arm64"
+		}
+		fmt.Fprintf(&b, "  - {name: %s, mac: %q, arch: %s, image: %s, ip: %s, build_disk: largest, loader: %s}\n",
+			bd.Name, bd.MAC, bd.Arch, image, bd.IP, bd.Loader)
 	}
 	return b.String()
 }
