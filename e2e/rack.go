@@ -57,7 +57,7 @@ func DefaultArtifacts(root string) Artifacts {
 func (a Artifacts) CheckARM64() error {
 	var errs []error
 	for what, p := range map[string]string{
-		"arm64 root image": a.ARM64Image, "arm64 kernel": filepath.Join(a.Tree, "arm64", "Image"),
+		"arm64 root image": a.ARM64Image, "arm64 kernel": filepath.Join(a.Tree, "arm64", "vmlinuz"),
 		"arm64 initramfs": filepath.Join(a.Tree, "arm64", "initramfs.cpio.gz"), "U-Boot": ubootARM64,
 	} {
 		if _, err := os.Stat(p); err != nil {
@@ -175,8 +175,8 @@ images:
   tree: %s
   kernels:
     amd64: {kernel: amd64/vmlinuz, initrd: amd64/initramfs.cpio.gz}
-    # U-Boot's booti wants the uncompressed Image.
-    arm64: {kernel: arm64/Image, initrd: arm64/initramfs.cpio.gz}
+    # Debian's arm64 vmlinuz is an uncompressed Image: U-Boot's booti takes it.
+    arm64: {kernel: arm64/vmlinuz, initrd: arm64/initramfs.cpio.gz}
 boards:
 `, r.Artifacts.Tree)
 	for _, bd := range r.boards {
