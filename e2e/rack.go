@@ -46,8 +46,8 @@ func DefaultArtifacts(root string) Artifacts {
 		root = abs
 	}
 	return Artifacts{
-		Rackboot: filepath.Join(root, "bin", "rackboot"),
-		Tree:     filepath.Join(root, "out", "boot"),
+		Rackboot:   filepath.Join(root, "bin", "rackboot"),
+		Tree:       filepath.Join(root, "out", "boot"),
 		Image:      filepath.Join(root, "out", "images", "minimal-amd64", "root.img"),
 		ARM64Image: filepath.Join(root, "out", "images", "minimal-arm64", "root.img"),
 	}
@@ -69,7 +69,6 @@ func (a Artifacts) CheckARM64() error {
 
 // ubootARM64 is Debian's U-Boot for QEMU's arm64 virt machine (u-boot-qemu).
 const ubootARM64 = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
-
 
 // Check reports what is missing.
 func (a Artifacts) Check() error {
