@@ -11,7 +11,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -423,26 +422,4 @@ func runKVMProbe(ctx context.Context, kernel string) string {
 	case <-ctx.Done():
 	}
 	return "tcg"
-}
-
-// lineWriter prefixes each line written to it.
-type lineWriter struct {
-	w      io.Writer
-	prefix string
-	buf    bytes.Buffer
-	mu     sync.Mutex
-}
-
-func (l *lineWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	for {
-		line, err := l.buf.ReadString('\n')
-		if err != nil {
-			l.buf.WriteString(line)
-			return len(p), nil
-		}
-		fmt.Fprintf(l.w, "%s%s", l.prefix, line)
-	}
 }
