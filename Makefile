@@ -114,6 +114,10 @@ bench-boot: ## rackboot DHCP/TFTP/HTTP vs dnsmasq, Kea, tftpd-hpa and nginx (QUI
 	scripts/apt-ensure.sh dnsmasq-base kea-dhcp4-server tftpd-hpa nginx curl iproute2
 	scripts/bench-boot.sh
 
+.PHONY: bench-e2e
+bench-e2e: build ## boot one QEMU board from rackboot and from dnsmasq+nbd-server, power-on to root mounted (N=3, OUT=FILE)
+	scripts/bench-e2e.sh
+
 .PHONY: clean
 clean: ## remove build outputs
 	rm -rf $(BIN) $(OUT)
