@@ -94,7 +94,7 @@ type Device struct {
 	size       int64
 	shift      uint
 	compactMin int64
-	boot       BootID // zero: no intent batches
+	boot       BootID // zero: unknown, no live map
 	fsys       FS
 	dir        string
 	data       File
@@ -111,6 +111,8 @@ type Device struct {
 
 	// stripes serialise mutations of the same chunk (read-modify-write of a
 	// partial first write, trim), locked in ascending order.
+	live *live // updated with alloc, under mu; nil without a boot ID
+
 	stripes [stripeCount]sync.Mutex
 
 	gen atomic.Uint64 // completed mutations
@@ -179,7 +181,35 @@ func Create(base Base, dir string, opts Options) (*Device, error) {
 		meta.Close()
 		return nil, fmt.Errorf("creating layer: %w", err)
 	}
-	return newDevice(base, opts, fsys, dir, shift, data, meta, 0, int64(len(hdr))), nil
+	d := newDevice(base, opts, fsys, dir, shift, data, meta, 0, int64(len(hdr)))
+	if _, err := d.openLive(); err != nil {
+		data.Close()
+		meta.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// openLive opens the live map. It reports whether it held a newer state
+// than the durable log (a crash of the process), which it then made
+// current.
+func (d *Device) openLive() (bool, error) {
+	path := filepath.Join(d.dir, liveName)
+	if d.boot == (BootID{}) {
+		// Without a boot ID a live map can't be trusted later: none.
+		os.Remove(path)
+		return false, nil
+	}
+	l, found, ok, err := openLive(d.fsys, d.dir, d.shift, uint64(d.size+int64(1)<<d.shift-1)>>d.shift, d.boot, d.alloc)
+	if err != nil {
+		return false, err
+	}
+	d.live = l
+	if !ok {
+		return false, nil
+	}
+	d.alloc = found
+	return true, nil
 }
 
 func newDevice(base Base, opts Options, fsys FS, dir string, shift uint, data, meta File, seq uint64, logEnd int64) *Device {
@@ -205,63 +235,77 @@ func Open(base Base, dir string, opts Options) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening layer map: %w", err)
 	}
-	d, intents, err := openWithMeta(base, opts, fsys, dir, meta)
+	d, err := openWithMeta(base, opts, fsys, dir, meta)
 	if err != nil {
 		meta.Close()
 		return nil, err
 	}
-	// Intents replayed after a crash of the server process are in the page
-	// cache only: make them durable now, in a compacted log.
-	if intents > 0 || d.logEnd > d.compactThreshold(d.alloc.count) {
+	crashed, err := d.openLive()
+	if err != nil {
+		d.data.Close()
+		d.meta.Close()
+		return nil, err
+	}
+	// After a crash of the server process the live map holds writes the
+	// durable log doesn't: make them durable now, in a compacted log.
+	if crashed || d.logEnd > d.compactThreshold(d.alloc.count) {
 		if err := d.compact(); err != nil {
-			d.data.Close()
-			d.meta.Close()
+			d.closeFiles()
 			return nil, err
 		}
 	}
 	return d, nil
 }
 
-func openWithMeta(base Base, opts Options, fsys FS, dir string, meta File) (*Device, int, error) {
+// closeFiles closes the layer's files.
+func (d *Device) closeFiles() error {
+	var lerr error
+	if d.live != nil {
+		lerr = d.live.close()
+	}
+	return errors.Join(d.data.Close(), d.meta.Close(), lerr)
+}
+
+func openWithMeta(base Base, opts Options, fsys FS, dir string, meta File) (*Device, error) {
 	fi, err := meta.Stat()
 	if err != nil {
-		return nil, 0, fmt.Errorf("opening layer map: %w", err)
+		return nil, fmt.Errorf("opening layer map: %w", err)
 	}
 	buf := make([]byte, fi.Size())
 	if _, err := meta.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
-		return nil, 0, fmt.Errorf("reading layer map: %w", err)
+		return nil, fmt.Errorf("reading layer map: %w", err)
 	}
-	r, err := parseLog(buf, opts.bootID())
+	r, err := parseLog(buf)
 	if err != nil {
-		return nil, 0, fmt.Errorf("layer %s: %w", dir, err)
+		return nil, fmt.Errorf("layer %s: %w", dir, err)
 	}
 	h := r.header
 	if int64(h.size) != base.Size() {
-		return nil, 0, fmt.Errorf("layer %s: made for a %d-byte base, base has %d: %w", dir, h.size, base.Size(), ErrCorrupt)
+		return nil, fmt.Errorf("layer %s: made for a %d-byte base, base has %d: %w", dir, h.size, base.Size(), ErrCorrupt)
 	}
 	if int64(r.valid) < fi.Size() {
 		// The tail is a batch a crash cut short: drop it so the next
 		// batch is appended after the valid prefix.
 		if err := errors.Join(meta.Truncate(int64(r.valid)), meta.Sync()); err != nil {
-			return nil, 0, fmt.Errorf("truncating torn layer map: %w", err)
+			return nil, fmt.Errorf("truncating torn layer map: %w", err)
 		}
 	}
 	data, err := fsys.OpenFile(filepath.Join(dir, dataName), os.O_RDWR, 0)
 	if err != nil {
-		return nil, 0, fmt.Errorf("opening layer data: %w", err)
+		return nil, fmt.Errorf("opening layer data: %w", err)
 	}
 	if dfi, err := data.Stat(); err != nil || dfi.Size() != int64(h.size) {
 		err = errors.Join(err, data.Truncate(int64(h.size)), data.Sync())
 		if err != nil {
 			data.Close()
-			return nil, 0, fmt.Errorf("sizing layer data: %w", err)
+			return nil, fmt.Errorf("sizing layer data: %w", err)
 		}
 	}
 	d := newDevice(base, opts, fsys, dir, uint(h.chunkShift), data, meta, r.seq, int64(r.valid))
 	for _, run := range r.runs {
 		d.alloc.setRange(run.start, uint64(run.n), run.alloc)
 	}
-	return d, r.intents, nil
+	return d, nil
 }
 
 // compactThreshold is the log length above which the log is rewritten:
@@ -434,11 +478,12 @@ func (d *Device) allocated(c uint64) bool {
 }
 
 // markAllocated records chunks [first, last] as living in the layer (v)
-// or not. A change is also appended to the log as an intent batch before
-// the write that made it is acknowledged, so that a crash of the server
-// process loses no acknowledged write (see the log format).
+// or not, in memory and in the live map, before the write that made the
+// change is acknowledged: a crash of the server process then loses no
+// acknowledged write (see live.go).
 func (d *Device) markAllocated(first, last uint64, v bool) error {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	changed := false
 	for c := first; c <= last; c++ {
 		if d.alloc.set(c, v) {
@@ -446,18 +491,17 @@ func (d *Device) markAllocated(first, last uint64, v bool) error {
 			changed = true
 		}
 	}
-	d.mu.Unlock()
-	if !changed || d.boot == (BootID{}) {
+	if !changed || d.live == nil {
 		return nil
 	}
-	return d.appendBatch(d.boot, []run{{start: first, n: uint32(last - first + 1), alloc: v}})
+	return d.live.update(first, last, d.alloc)
 }
 
 // appendBatch appends a batch to the log, unsynced.
-func (d *Device) appendBatch(boot BootID, runs []run) error {
+func (d *Device) appendBatch(runs []run) error {
 	d.logMu.Lock()
 	defer d.logMu.Unlock()
-	b := appendBatch(nil, d.seq+1, boot, runs)
+	b := appendBatch(nil, d.seq+1, runs)
 	if _, err := d.meta.WriteAt(b, d.logEnd); err != nil {
 		return fmt.Errorf("writing layer map: %w", err)
 	}
@@ -682,7 +726,7 @@ func (d *Device) sync() (bool, error) {
 		return false, d.fail(fmt.Errorf("syncing layer data: %w", err))
 	}
 	if len(runs) > 0 {
-		if err := d.appendBatch(BootID{}, runs); err != nil {
+		if err := d.appendBatch(runs); err != nil {
 			d.restoreChanged(changed)
 			return false, d.fail(err)
 		}
@@ -714,15 +758,15 @@ func (d *Device) compact() error {
 	d.flushMu.Lock()
 	defer d.flushMu.Unlock()
 	// The new log claims every allocated chunk durably: their data must be
-	// on disk first, whatever sync found to do (after a replay of intents
-	// it finds nothing).
+	// on disk first, whatever sync found to do (after a crash it finds
+	// nothing: the live map's writes came from the previous process).
 	if err := d.data.Sync(); err != nil {
 		return d.fail(fmt.Errorf("syncing layer data: %w", err))
 	}
 	d.mu.Lock()
 	d.changed = newBitmap()
 	b := appendHeader(nil, logHeader{chunkShift: uint32(d.shift), size: uint64(d.size)})
-	b = appendBatch(b, 1, BootID{}, runsOf(d.alloc, d.alloc))
+	b = appendBatch(b, 1, runsOf(d.alloc, d.alloc))
 	d.mu.Unlock()
 	tmp := filepath.Join(d.dir, mapName+".tmp")
 	f, err := d.fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -760,7 +804,7 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	_, err := d.sync()
-	return errors.Join(err, d.data.Close(), d.meta.Close())
+	return errors.Join(err, d.closeFiles())
 }
 
 // abandon closes the files without syncing, for a layer about to be
@@ -772,6 +816,5 @@ func (d *Device) abandon() {
 		return
 	}
 	d.closed = true
-	d.data.Close()
-	d.meta.Close()
+	d.closeFiles()
 }

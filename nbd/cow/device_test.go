@@ -372,3 +372,49 @@ func fileBlocks(t *testing.T, path string) int64 {
 	}
 	return fi.Sys().(*syscall.Stat_t).Blocks * 512
 }
+
+// TestProcessCrashOSFiles is the process-crash case on the real
+// filesystem, where the live map is a shared mapping: a layer dropped
+// without Close or Sync (as by kill -9) reopens with every acknowledged
+// write, and then makes them durable.
+func TestProcessCrashOSFiles(t *testing.T) {
+	dir := t.TempDir()
+	basePath := filepath.Join(dir, "base.img")
+	rng := rand.New(rand.NewPCG(31, 32))
+	base := randomBase(rng, 4<<20)
+	if err := os.WriteFile(basePath, base, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	img, err := OpenImage(basePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	layer := filepath.Join(dir, "layer")
+	os.Mkdir(layer, 0o700)
+	d, err := Create(img, layer, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), base...)
+	for range 200 {
+		off := rng.IntN(len(base) - 5000)
+		p := bytes.Repeat([]byte{byte(rng.Uint32())}, 1+rng.IntN(5000))
+		if _, err := d.WriteAt(p, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[off:], p)
+	}
+	// kill -9: d is dropped as it is.
+	d2, err := Open(img, layer, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if got := readAll(t, d2); !bytes.Equal(got, want) {
+		t.Fatalf("after a process crash, byte %d differs: an acknowledged write was lost", firstDiff(got, want))
+	}
+	if d2.logEnd <= logHeaderLen {
+		t.Error("the recovered writes weren't made durable in the map log")
+	}
+}

@@ -11,15 +11,14 @@ import (
 func FuzzParseLog(f *testing.F) {
 	h := appendHeader(nil, logHeader{chunkShift: 12, size: 1 << 20})
 	f.Add(h)
-	boot := BootID{1, 2, 3}
-	f.Add(appendBatch(bytes.Clone(h), 1, BootID{}, []run{{start: 0, n: 3, alloc: true}, {start: 10, n: 1}}))
-	f.Add(appendBatch(appendBatch(bytes.Clone(h), 1, boot, []run{{start: 5, n: 2, alloc: true}}), 2, BootID{9}, []run{{start: 255, n: 1, alloc: true}}))
-	f.Add(appendBatch(bytes.Clone(h), 2, BootID{}, []run{{start: 0, n: 1, alloc: true}})) // out of sequence
+	f.Add(appendBatch(bytes.Clone(h), 1, []run{{start: 0, n: 3, alloc: true}, {start: 10, n: 1}}))
+	f.Add(appendBatch(appendBatch(bytes.Clone(h), 1, []run{{start: 5, n: 2, alloc: true}}), 2, []run{{start: 255, n: 1, alloc: true}}))
+	f.Add(appendBatch(bytes.Clone(h), 2, []run{{start: 0, n: 1, alloc: true}})) // out of sequence
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) > 1<<16 {
 			return
 		}
-		r, err := parseLog(b, boot)
+		r, err := parseLog(b)
 		if err != nil {
 			return
 		}
@@ -33,7 +32,7 @@ func FuzzParseLog(f *testing.F) {
 			}
 		}
 		// The valid prefix alone parses the same.
-		r2, err := parseLog(b[:valid], boot)
+		r2, err := parseLog(b[:valid])
 		runs2, seq2, valid2 := r2.runs, r2.seq, r2.valid
 		if err != nil || seq2 != seq || valid2 != valid || len(runs2) != len(runs) {
 			t.Fatalf("valid prefix reparses differently: %v seq %d/%d len %d/%d", err, seq2, seq, valid2, valid)

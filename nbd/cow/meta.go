@@ -13,7 +13,6 @@ import (
 //	header: "RBCOWLOG" | version u32 | chunk shift u32 | device size u64 |
 //	        reserved u32 | crc32c u32                          (32 bytes)
 //	batch:  magic u32 | run count u32 | sequence u64 | payload length u32 |
-//	        boot ID [16]byte |
 //	        payload: per run, in ascending order, the gap since the end of
 //	        the previous run (uvarint), the chunk count (uvarint) and the
 //	        state (one byte, 1 = in the layer) |
@@ -22,18 +21,10 @@ import (
 // Runs are a few bytes each, so scattered 4 KiB writes cost about 1/1000
 // of their size in metadata.
 //
-// There are two kinds of batches. A durable batch (zero boot ID) is
-// appended and fsynced by each Sync, after the data file was fsynced, and
-// records the state of every chunk that changed since the previous durable
-// batch. An intent batch is appended, without fsync, by every write that
-// changes a chunk's state, before the write is acknowledged, and carries
-// the kernel's boot ID. After a crash of the server process alone the
-// page cache still holds every acknowledged write and its intent batch,
-// and replay applies the intents: no acknowledged write is lost even
-// though no FLUSH came (the kernel client never resends acknowledged
-// writes). After a power loss or reboot the boot ID differs, the data of
-// unflushed writes may not have reached the disk, and replay skips the
-// intents, keeping exactly what the last Sync made durable.
+// A batch is appended and fsynced by each Sync, after the data file was
+// fsynced, and records the state of every chunk that changed since the
+// previous batch. What happened since the last Sync is in the live map
+// (live.go), which survives a crash of the process but not of the machine.
 //
 // Replay applies the batches in order and stops at the first one that is
 // torn, fails its checksum or breaks the sequence: an append a crash
@@ -45,7 +36,7 @@ const (
 	logVersion   = 1
 	logHeaderLen = 32
 	batchMagic   = 0x52424254 // "RBBT"
-	batchHdrLen  = 36
+	batchHdrLen  = 20
 	// runLen is the largest encoding of one run.
 	runLen = 2*binary.MaxVarintLen64 + 1
 	// maxBatchRuns bounds one batch, so that a corrupt count can't make
@@ -104,20 +95,15 @@ type run struct {
 	alloc bool
 }
 
-// BootID identifies a boot of the kernel (/proc/sys/kernel/random/boot_id):
-// the page cache survives a process crash, not a reboot.
-type BootID [16]byte
-
 // appendBatch encodes runs, which must be in ascending order and not
-// overlap, as a durable batch (zero boot) or an intent batch.
-func appendBatch(b []byte, seq uint64, boot BootID, runs []run) []byte {
+// overlap, as a batch.
+func appendBatch(b []byte, seq uint64, runs []run) []byte {
 	start := len(b)
 	b = binary.BigEndian.AppendUint32(b, batchMagic)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(runs)))
 	b = binary.BigEndian.AppendUint64(b, seq)
 	plen := len(b)
 	b = binary.BigEndian.AppendUint32(b, 0) // payload length, below
-	b = append(b, boot[:]...)
 	payload := len(b)
 	var end uint64
 	for _, r := range runs {
@@ -137,17 +123,13 @@ func appendBatch(b []byte, seq uint64, boot BootID, runs []run) []byte {
 // replay is what parseLog found.
 type replay struct {
 	header logHeader
-	runs   []run  // of the valid batches that apply, in order
+	runs   []run  // of the valid batches, in order
 	seq    uint64 // of the last valid batch, 0 if none
 	valid  int    // length of the valid prefix
-	// intents is the number of intent batches of this boot applied;
-	// skipped, of another boot.
-	intents, skipped int
 }
 
-// parseLog decodes a whole map file, applying the intent batches of boot
-// and skipping those of other boots. A torn tail is not an error.
-func parseLog(b []byte, boot BootID) (replay, error) {
+// parseLog decodes a whole map file. A torn tail is not an error.
+func parseLog(b []byte) (replay, error) {
 	h, err := parseHeader(b)
 	if err != nil {
 		return replay{}, err
@@ -179,17 +161,7 @@ func parseLog(b []byte, boot BootID) (replay, error) {
 		if err != nil {
 			return replay{}, fmt.Errorf("map batch %d: %w", bseq, err)
 		}
-		var bb BootID
-		copy(bb[:], rest[20:36])
-		switch bb {
-		case BootID{}:
-			runs = append(runs, batch...)
-		case boot:
-			runs = append(runs, batch...)
-			r.intents++
-		default:
-			r.skipped++
-		}
+		runs = append(runs, batch...)
 		seq = bseq
 		off += int(end) + 4
 	}
