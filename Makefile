@@ -72,8 +72,8 @@ bench: ## Go micro-benchmarks (NBD over loopback, copy-on-write layer)
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) -count=$(COUNT) ./nbd/...
 
 .PHONY: bench-compare
-bench-compare: ## benchstat of `make bench` at REF against the work tree
-	scripts/bench-compare.sh $(REF)
+bench-compare: ## benchstat: `make bench` at REF (default HEAD) against the work tree, interleaved (COUNT=6)
+	COUNT=$(if $(filter command line,$(origin COUNT)),$(COUNT),6) BENCHTIME=$(BENCHTIME) scripts/bench-compare.sh $(REF)
 
 .PHONY: bench-nbd
 bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for a short run)
