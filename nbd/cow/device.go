@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/rackboot/rackboot/internal/rawio"
 )
 
 // DefaultChunkSize is the allocation unit of a write layer: 4 KiB, the
@@ -98,6 +100,7 @@ type Device struct {
 	fsys       FS
 	dir        string
 	data       File
+	dataReader io.ReaderAt // data, read without the scheduler when it's an OS file
 
 	// life orders requests (read-locked) against Close (write-locked).
 	life   sync.RWMutex
@@ -217,9 +220,13 @@ func newDevice(base Base, opts Options, fsys FS, dir string, shift uint, data, m
 	if cm == 0 {
 		cm = 1 << 20
 	}
+	var dataReader io.ReaderAt = data
+	if f, ok := data.(*os.File); ok {
+		dataReader = rawio.NewFile(f)
+	}
 	return &Device{
 		base: base, size: base.Size(), shift: shift, fsys: fsys, dir: dir, compactMin: cm, boot: opts.bootID(),
-		data: data, meta: meta, seq: seq, logEnd: logEnd,
+		data: data, dataReader: dataReader, meta: meta, seq: seq, logEnd: logEnd,
 		alloc: newBitmap(), changed: newBitmap(),
 	}
 }
@@ -389,7 +396,7 @@ func (d *Device) ReadAt(p []byte, off int64) (int, error) {
 		var src io.ReaderAt = d.base
 		what := "base"
 		if inLayer {
-			src, what = d.data, "layer"
+			src, what = d.dataReader, "layer"
 		}
 		if m, err := src.ReadAt(p[pos-off:runEnd-off], pos); err != nil && (m != int(runEnd-pos) || !errors.Is(err, io.EOF)) {
 			return int(pos - off), fmt.Errorf("reading %s at %d: %w", what, pos, err)

@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/rackboot/rackboot/internal/rawio"
 )
 
 // Image is a read-only base image. The file is opened O_RDONLY, so nothing
@@ -13,6 +15,7 @@ import (
 // concurrent use.
 type Image struct {
 	f    *os.File
+	r    *rawio.File
 	size int64
 	id   string
 }
@@ -45,7 +48,7 @@ func OpenImage(path string) (*Image, error) {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		id = fmt.Sprintf("dev=%d ino=%d size=%d mtime=%d", st.Dev, st.Ino, size, fi.ModTime().UnixNano())
 	}
-	return &Image{f: f, size: size, id: id}, nil
+	return &Image{f: f, r: rawio.NewFile(f), size: size, id: id}, nil
 }
 
 // File returns the image's open file, for sendfile(2).
@@ -60,7 +63,7 @@ func (m *Image) Path() string { return m.f.Name() }
 func (m *Image) Identity() string { return m.id }
 
 // ReadAt reads from the image.
-func (m *Image) ReadAt(p []byte, off int64) (int, error) { return m.f.ReadAt(p, off) }
+func (m *Image) ReadAt(p []byte, off int64) (int, error) { return m.r.ReadAt(p, off) }
 
 // ReadFiles sends [off, off+n) from the image file (nbd.FileReader).
 func (m *Image) ReadFiles(off, n int64, send func(f *os.File, off, n int64) error) error {

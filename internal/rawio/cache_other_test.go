@@ -1,0 +1,7 @@
+//go:build !linux
+
+package rawio
+
+import "os"
+
+func dropCache(*os.File) {}

@@ -1,0 +1,33 @@
+//go:build !linux
+
+package rawio
+
+import (
+	"os"
+	"syscall"
+)
+
+func read(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, err := syscall.Read(int(fd), p)
+	if err != nil {
+		return 0, err.(syscall.Errno)
+	}
+	return n, 0
+}
+
+func writev(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
+	n, err := syscall.Write(int(fd), bufs[0])
+	if err != nil {
+		return 0, err.(syscall.Errno)
+	}
+	return n, 0
+}
+
+// File reads a file; on this system it is os.File.ReadAt.
+type File struct{ f *os.File }
+
+// NewFile returns a File reading f.
+func NewFile(f *os.File) *File { return &File{f: f} }
+
+// ReadAt reads len(p) bytes at off, as io.ReaderAt.
+func (rf *File) ReadAt(p []byte, off int64) (int, error) { return rf.f.ReadAt(p, off) }
