@@ -428,8 +428,6 @@ func (s *Server) decline(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCP
 	}
 	ip := optAddr(req, dhcpv4.OptionRequestedIPAddress.Code())
 	mac := string(req.ClientHWAddr)
-	s.storeMu.Lock()
-	defer s.storeMu.Unlock()
 	s.mu.Lock()
 	b := s.table.byIP[ip]
 	if b == nil || b.mac != mac {
@@ -437,12 +435,13 @@ func (s *Server) decline(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCP
 		return
 	}
 	s.table.put(&binding{ip: ip, expiry: s.now().Add(s.cfg.declineTime), state: stateDeclined})
-	wasBound := b.state == stateBound
+	var batch *leaseBatch
+	if b.state == stateBound {
+		batch = s.queueDelete(req.ClientHWAddr)
+	}
 	s.mu.Unlock()
 	log.Warn("client declined address, another host may be using it", "ip", ip.String())
-	if wasBound {
-		s.deleteLease(ctx, log, req.ClientHWAddr)
-	}
+	s.deleteLease(ctx, log, batch)
 }
 
 func (s *Server) release(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCPv4) {
@@ -451,8 +450,6 @@ func (s *Server) release(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCP
 	}
 	ip := ipv4Of(req.ClientIPAddr)
 	mac := string(req.ClientHWAddr)
-	s.storeMu.Lock()
-	defer s.storeMu.Unlock()
 	s.mu.Lock()
 	b := s.table.byIP[ip]
 	if b == nil || b.mac != mac || b.state != stateBound {
@@ -462,16 +459,27 @@ func (s *Server) release(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCP
 	// Keep the entry, expired, so the client gets the same address next
 	// time if nobody else has taken it.
 	b.expiry = s.now()
+	batch := s.queueDelete(req.ClientHWAddr)
 	s.mu.Unlock()
 	log.Info("lease released", "ip", ip.String())
-	s.deleteLease(ctx, log, req.ClientHWAddr)
+	s.deleteLease(ctx, log, batch)
 }
 
-func (s *Server) deleteLease(ctx context.Context, log *slog.Logger, mac net.HardwareAddr) {
+// queueDelete queues the deletion of mac's stored lease, if there is a
+// store. Call it under s.mu, so that the store sees the table's order.
+func (s *Server) queueDelete(mac net.HardwareAddr) *leaseBatch {
 	if s.Leases == nil {
+		return nil
+	}
+	return s.journal.add(LeaseChange{Lease: Lease{MAC: mac}, Delete: true})
+}
+
+// deleteLease waits for a deletion queued by queueDelete (nil: none).
+func (s *Server) deleteLease(ctx context.Context, log *slog.Logger, batch *leaseBatch) {
+	if batch == nil {
 		return
 	}
-	if err := s.Leases.DeleteLease(ctx, mac); err != nil {
+	if err := s.journal.wait(ctx, s.Leases, batch); err != nil {
 		log.Error("deleting lease failed", "err", err)
 	}
 }
@@ -603,8 +611,6 @@ func (s *Server) forgetOffer(mac net.HardwareAddr) {
 func (s *Server) commit(ctx context.Context, mac net.HardwareAddr, b Boot, ip netip.Addr, hostname string, selecting bool) (l Lease, renewed bool, nak string, err error) {
 	log := s.logger()
 	key := string(mac)
-	s.storeMu.Lock()
-	defer s.storeMu.Unlock()
 	now := s.now()
 	s.mu.Lock()
 	s.table.init()
@@ -637,20 +643,24 @@ func (s *Server) commit(ctx context.Context, mac net.HardwareAddr, b Boot, ip ne
 	nb := &binding{mac: key, ip: ip, expiry: now.Add(s.cfg.leaseTime), hostname: hostname, state: stateBound}
 	displaced := s.table.put(nb)
 	l = nb.lease()
+	var batch *leaseBatch
+	if s.Leases != nil {
+		// Queued under s.mu: the store sees the table's order.
+		var changes []LeaseChange
+		if displaced != nil {
+			changes = append(changes, LeaseChange{Lease: Lease{MAC: net.HardwareAddr(displaced.mac)}, Delete: true})
+		}
+		batch = s.journal.add(append(changes, LeaseChange{Lease: l})...)
+	}
 	s.mu.Unlock()
 
 	if displaced != nil {
 		log.Warn("reservation takes over a dynamic lease", "ip", ip.String(), "mac", net.HardwareAddr(displaced.mac).String())
 	}
-	if s.Leases == nil {
+	if batch == nil {
 		return l, renewed, "", nil
 	}
-	if displaced != nil {
-		if err := s.Leases.DeleteLease(ctx, net.HardwareAddr(displaced.mac)); err != nil {
-			return Lease{}, false, "", err
-		}
-	}
-	if err := s.Leases.SaveLease(ctx, l); err != nil {
+	if err := s.journal.wait(ctx, s.Leases, batch); err != nil {
 		return Lease{}, false, "", err
 	}
 	return l, renewed, "", nil

@@ -42,10 +42,11 @@ func (c *clock) Add(d time.Duration) {
 
 // memStore is an in-memory LeaseStore that records calls and can fail.
 type memStore struct {
-	mu     sync.Mutex
-	leases map[string]Lease
-	ops    []string
-	fail   error
+	mu      sync.Mutex
+	leases  map[string]Lease
+	ops     []string
+	batches int // UpdateLeases calls
+	fail    error
 }
 
 func (m *memStore) LoadLeases(context.Context) ([]Lease, error) {
@@ -58,7 +59,7 @@ func (m *memStore) LoadLeases(context.Context) ([]Lease, error) {
 	return out, nil
 }
 
-func (m *memStore) SaveLease(_ context.Context, l Lease) error {
+func (m *memStore) UpdateLeases(_ context.Context, changes []LeaseChange) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail != nil {
@@ -67,16 +68,16 @@ func (m *memStore) SaveLease(_ context.Context, l Lease) error {
 	if m.leases == nil {
 		m.leases = make(map[string]Lease)
 	}
-	m.leases[l.MAC.String()] = l
-	m.ops = append(m.ops, "save "+l.MAC.String()+" "+l.IP.String())
-	return nil
-}
-
-func (m *memStore) DeleteLease(_ context.Context, mac net.HardwareAddr) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.leases, mac.String())
-	m.ops = append(m.ops, "delete "+mac.String())
+	for _, c := range changes {
+		if c.Delete {
+			delete(m.leases, c.Lease.MAC.String())
+			m.ops = append(m.ops, "delete "+c.Lease.MAC.String())
+			continue
+		}
+		m.leases[c.Lease.MAC.String()] = c.Lease
+		m.ops = append(m.ops, "save "+c.Lease.MAC.String()+" "+c.Lease.IP.String())
+	}
+	m.batches++
 	return nil
 }
 
@@ -1055,5 +1056,79 @@ func TestRealUBootPackets(t *testing.T) {
 		if offer.BootFileName != "boot.scr.uimg" || ipv4Of(offer.ServerIPAddr) != srvIP {
 			t.Errorf("%s: offer file %q from %v", tc.file, offer.BootFileName, offer.ServerIPAddr)
 		}
+	}
+}
+
+// gateStore is a memStore whose writes each wait for the test's go-ahead.
+type gateStore struct {
+	memStore
+	entered chan []LeaseChange // a write started, with these changes
+	gate    chan error         // ends one write: nil applies it, else fails it
+}
+
+func (g *gateStore) UpdateLeases(ctx context.Context, changes []LeaseChange) error {
+	g.entered <- slices.Clone(changes)
+	if err := <-g.gate; err != nil {
+		return err
+	}
+	return g.memStore.UpdateLeases(ctx, changes)
+}
+
+// TestLeaseJournalGroupCommit: changes queued while a write is under way
+// go to the store together in the next write, in queue order, and every
+// waiter learns its own batch's outcome.
+func TestLeaseJournalGroupCommit(t *testing.T) {
+	g := &gateStore{entered: make(chan []LeaseChange), gate: make(chan error)}
+	var j leaseJournal
+	save := func(n byte) LeaseChange {
+		return LeaseChange{Lease: Lease{MAC: macN(int(n)), IP: netip.AddrFrom4([4]byte{10, 0, 0, 100 + n})}}
+	}
+	wait := func(b *leaseBatch) <-chan error {
+		ch := make(chan error, 1)
+		go func() { ch <- j.wait(t.Context(), g, b) }()
+		return ch
+	}
+
+	first := wait(j.add(save(1)))
+	if got := <-g.entered; len(got) != 1 {
+		t.Fatalf("first write carries %d changes, want 1", len(got))
+	}
+	// While it is under way, three handshakes queue their changes, one
+	// with a deletion before its save.
+	b2 := j.add(save(2))
+	b3 := j.add(LeaseChange{Lease: Lease{MAC: macN(9)}, Delete: true}, save(3))
+	b4 := j.add(save(4))
+	if b2 != b3 || b3 != b4 {
+		t.Fatal("changes queued during a write went to different batches")
+	}
+	waits := []<-chan error{wait(b2), wait(b3), wait(b4)}
+	g.gate <- nil
+	if err := <-first; err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+	got := <-g.entered
+	want := []LeaseChange{save(2), {Lease: Lease{MAC: macN(9)}, Delete: true}, save(3), save(4)}
+	if !cmp.Equal(got, want, cmpAddr) {
+		t.Fatalf("second write carries %v, want %v", got, want)
+	}
+	g.gate <- errors.New("disk full")
+	for i, w := range waits {
+		if err := <-w; err == nil || err.Error() != "disk full" {
+			t.Errorf("waiter %d: %v, want the batch's error", i+2, err)
+		}
+	}
+	if g.batches != 1 {
+		t.Errorf("store applied %d batches, want 1 (the failed one applies nothing)", g.batches)
+	}
+
+	// The journal goes on after a failure.
+	next := wait(j.add(save(5)))
+	<-g.entered
+	g.gate <- nil
+	if err := <-next; err != nil {
+		t.Fatalf("write after a failure: %v", err)
+	}
+	if _, ok := g.leases[macN(5).String()]; !ok {
+		t.Error("lease written after a failure is not in the store")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -23,21 +24,86 @@ type Lease struct {
 }
 
 // LeaseStore persists full-mode leases. The server keeps its working set
-// in memory: it calls LoadLeases once when it starts serving, SaveLease
-// before it acknowledges a binding (RFC 2131 section 4.3.2 asks servers
-// to commit a binding before sending the DHCPACK; if SaveLease fails the
-// server sends nothing and the client retries), and DeleteLease when a
-// client releases or declines its address or when its address is taken
-// over by a reservation. Leases are keyed by MAC: SaveLease replaces any
-// lease with the same MAC.
+// in memory: it calls LoadLeases once when it starts serving, and
+// UpdateLeases to record bindings before it acknowledges them (RFC 2131
+// section 4.3.2 asks servers to commit a binding before sending the
+// DHCPACK; if UpdateLeases fails the server sends nothing and the client
+// retries) and to drop the leases of clients that release or decline
+// their address or whose address a reservation takes over. Leases are
+// keyed by MAC: a saved lease replaces any lease with the same MAC.
 //
-// The server serialises its calls to SaveLease and DeleteLease; LoadLeases
-// may return expired leases, which the server uses to give returning
-// clients their previous address.
+// Concurrent handshakes share one UpdateLeases call (group commit): the
+// server makes one call at a time, with every change queued since the
+// previous one, in the order it made them. LoadLeases may return expired
+// leases, which the server uses to give returning clients their previous
+// address.
 type LeaseStore interface {
 	LoadLeases(ctx context.Context) ([]Lease, error)
-	SaveLease(ctx context.Context, l Lease) error
-	DeleteLease(ctx context.Context, mac net.HardwareAddr) error
+	// UpdateLeases applies changes in order and atomically: all or none.
+	UpdateLeases(ctx context.Context, changes []LeaseChange) error
+}
+
+// LeaseChange is one change to the stored leases: Lease saved, or, with
+// Delete, the lease of Lease.MAC dropped.
+type LeaseChange struct {
+	Lease  Lease
+	Delete bool
+}
+
+// leaseJournal writes lease changes to a LeaseStore with group commit.
+// Changes are queued in the order the lease table made them (add is
+// called under the table's lock); whoever then waits first writes
+// everything queued so far in one UpdateLeases call while later changes
+// gather for the next, so that 64 handshakes in flight cost a few
+// database commits instead of 64.
+type leaseJournal struct {
+	mu      sync.Mutex
+	cond    sync.Cond // signalled when a write ends
+	open    *leaseBatch
+	writing bool
+}
+
+// leaseBatch is changes written by one UpdateLeases call.
+type leaseBatch struct {
+	changes []LeaseChange
+	done    bool
+	err     error
+}
+
+// add queues changes and returns the batch that will carry them.
+func (j *leaseJournal) add(changes ...LeaseChange) *leaseBatch {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.open == nil {
+		j.open = &leaseBatch{}
+	}
+	j.open.changes = append(j.open.changes, changes...)
+	return j.open
+}
+
+// wait returns when b is written, writing it (with whatever else is
+// queued) itself unless another write is under way, and b's error.
+func (j *leaseJournal) wait(ctx context.Context, store LeaseStore, b *leaseBatch) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.cond.L == nil {
+		j.cond.L = &j.mu
+	}
+	for !b.done {
+		if j.writing {
+			j.cond.Wait()
+			continue
+		}
+		// Not done and nobody writing: b is still the open batch.
+		cur := j.open
+		j.open, j.writing = nil, true
+		j.mu.Unlock()
+		err := store.UpdateLeases(ctx, cur.changes)
+		j.mu.Lock()
+		cur.done, cur.err, j.writing = true, err, false
+		j.cond.Broadcast()
+	}
+	return b.err
 }
 
 // bindState is the state of an address in the lease table.

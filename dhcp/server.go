@@ -195,7 +195,7 @@ type Server struct {
 	mu    sync.Mutex // guards table
 	table leaseTable
 
-	storeMu sync.Mutex // serialises lease commits and LeaseStore writes
+	journal leaseJournal // lease changes on their way to Leases
 }
 
 // config is the validated, derived form of Server's fields.

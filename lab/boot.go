@@ -61,11 +61,9 @@ func (l *Lab) DHCP(ctx context.Context, c DHCPClient) DHCPAnswer {
 			return DHCPAnswer{}
 		}
 		if l.unknownDue(c.MAC) {
-			if err := l.store.SeenUnknown(ctx, Unknown{
+			l.queueUnknown(Unknown{
 				MAC: c.MAC, Firmware: c.Firmware, Arch: c.Arch, VendorClass: c.VendorClass, LastSeen: l.now(),
-			}); err != nil {
-				l.log.Error("recording unknown machine", "mac", c.MAC.String(), "err", err)
-			}
+			})
 			l.log.Info("unknown machine asks to boot", "mac", c.MAC.String(), "firmware", c.Firmware, "policy", string(l.cfg.Unknown))
 		}
 		if l.cfg.Unknown != UnknownIdentify {
@@ -139,6 +137,55 @@ func (l *Lab) unknownDue(mac net.HardwareAddr) bool {
 	}
 	l.unknownSeen[mac.String()] = now
 	return true
+}
+
+// unknownFlushDelay is how long sightings of unknown machines gather in
+// memory before they go to the store in one transaction: a rack of new
+// machines powering on costs one commit a second, not one per machine, and
+// answering their DHCP waits for none.
+const unknownFlushDelay = time.Second
+
+// queueUnknown queues a sighting for the store, scheduling a flush.
+func (l *Lab) queueUnknown(u Unknown) {
+	l.unknownMu.Lock()
+	defer l.unknownMu.Unlock()
+	l.unknownQueue = append(l.unknownQueue, u)
+	if l.unknownTimer == nil {
+		l.unknownTimer = time.AfterFunc(unknownFlushDelay, func() {
+			if err := l.Flush(context.Background()); err != nil {
+				l.log.Error("recording unknown machines", "err", err)
+			}
+		})
+	}
+}
+
+// Flush writes what the lab holds in memory to the store: the queued
+// sightings of unknown machines. Call it before closing the store.
+func (l *Lab) Flush(ctx context.Context) error {
+	l.unknownMu.Lock()
+	defer l.unknownMu.Unlock()
+	if l.unknownTimer != nil {
+		l.unknownTimer.Stop()
+		l.unknownTimer = nil
+	}
+	if len(l.unknownQueue) == 0 {
+		return nil
+	}
+	q := l.unknownQueue
+	l.unknownQueue = nil
+	if err := l.store.SeenUnknown(ctx, q...); err != nil {
+		return fmt.Errorf("recording %d unknown machines: %w", len(q), err)
+	}
+	return nil
+}
+
+// Unknown lists the machines that asked to boot and are not in the
+// inventory, newest first, including those not yet flushed to the store.
+func (l *Lab) Unknown(ctx context.Context) ([]Unknown, error) {
+	if err := l.Flush(ctx); err != nil {
+		return nil, err
+	}
+	return l.store.Unknown(ctx)
 }
 
 // bootFile is the boot program for a firmware class.

@@ -147,6 +147,13 @@ type Lab struct {
 	pendingMu   sync.Mutex
 	pending     map[string][]Event   // DHCP events per board, for its next boot
 	unknownSeen map[string]time.Time // when each unknown MAC was last recorded
+
+	// Sightings of unknown machines waiting for the store (queueUnknown).
+	// Flush holds unknownMu while it writes, so that a listing after
+	// Flush sees every sighting before it.
+	unknownMu    sync.Mutex
+	unknownQueue []Unknown
+	unknownTimer *time.Timer
 }
 
 var boardNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)

@@ -115,6 +115,12 @@ func (e *env) open(t *testing.T) {
 		e.store.Close()
 		e.sessions.Close()
 	})
+	// Runs first: queued writes reach the store before it closes.
+	t.Cleanup(func() {
+		if err := e.lab.Flush(context.Background()); err != nil {
+			t.Errorf("Flush: %v", err)
+		}
+	})
 }
 
 func (e *env) fetch(t *testing.T, path string, peer netip.Addr) (string, error) {
@@ -292,7 +298,7 @@ func TestUnknownMachines(t *testing.T) {
 			if (a.BootFile != "") != (policy == UnknownIdentify) {
 				t.Errorf("unknown machine boot file %q under policy %s", a.BootFile, policy)
 			}
-			unknown, err := e.store.Unknown(ctx)
+			unknown, err := e.lab.Unknown(ctx)
 			if err != nil || len(unknown) != 1 || unknown[0].MAC.String() != macU.String() || unknown[0].Firmware != "bios" {
 				t.Errorf("unknown machines %+v, %v; want the one that asked", unknown, err)
 			}
@@ -382,5 +388,60 @@ func TestSchemaMigrations(t *testing.T) {
 	s.Close()
 	if _, err := OpenSQLite(ctx, path); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Errorf("opening a database from a newer rackboot: %v; want a refusal", err)
+	}
+}
+
+// TestSQLiteLeaseChanges: UpdateLeases applies its changes in order in one
+// transaction; an address belongs to one MAC.
+func TestSQLiteLeaseChanges(t *testing.T) {
+	ctx := t.Context()
+	s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ip1, ip2 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	exp := time.Unix(1e9, 0)
+	save := func(mac net.HardwareAddr, ip netip.Addr) LeaseChange {
+		return LeaseChange{Lease: Lease{MAC: mac, IP: ip, Expiry: exp}}
+	}
+	if err := s.UpdateLeases(ctx, []LeaseChange{
+		save(macA, ip1),
+		{Lease: Lease{MAC: macA}, Delete: true},
+		save(macA, ip2), // after the delete: stays
+		save(macB, ip1),
+		save(macU, ip1), // takes ip1 over from macB
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Lease{{MAC: macU, IP: ip1, Expiry: exp}, {MAC: macA, IP: ip2, Expiry: exp}}
+	same := len(got) == len(want)
+	for i := 0; same && i < len(got); i++ {
+		g, w := got[i], want[i]
+		same = bytes.Equal(g.MAC, w.MAC) && g.IP == w.IP && g.Expiry.Equal(w.Expiry) && g.Hostname == w.Hostname
+	}
+	if !same {
+		t.Errorf("leases %v, want %v", got, want)
+	}
+
+	// Two sightings of one machine in a batch count twice.
+	u := Unknown{MAC: macU, Firmware: "bios", Arch: "0", LastSeen: exp}
+	if err := s.SeenUnknown(ctx, u, u, Unknown{MAC: macB, Firmware: "ipxe", LastSeen: exp}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.Unknown(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for _, x := range list {
+		counts[x.MAC.String()] = x.Count
+	}
+	if counts[macU.String()] != 2 || counts[macB.String()] != 1 || len(counts) != 2 {
+		t.Errorf("unknown machines seen %v, want %s twice and %s once", counts, macU, macB)
 	}
 }

@@ -76,6 +76,9 @@ CREATE INDEX events_boot ON events (boot_id, id);
 // SQLite is the Store on a SQLite database file.
 type SQLite struct {
 	db *sql.DB
+
+	// Prepared statements of the DHCP hot path.
+	deleteLeaseIP, saveLease, deleteLease, seenUnknown *sql.Stmt
 }
 
 // OpenSQLite opens (creating it if needed) the database at path and brings
@@ -93,6 +96,10 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	}
 	s := &SQLite{db: db}
 	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	if err := s.prepare(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("state database %s: %w", path, err)
 	}
@@ -210,30 +217,69 @@ ON CONFLICT (name) DO UPDATE SET mac = excluded.mac, arch = excluded.arch, ip = 
 	return tx.Commit()
 }
 
-// SaveLease implements Store.
-func (s *SQLite) SaveLease(ctx context.Context, l Lease) error {
+// SQL of the statements the DHCP server runs on every handshake, prepared
+// once (parsing them took as long as running them).
+const (
+	sqlDeleteLeaseIP = `DELETE FROM leases WHERE ip = $1 AND mac <> $2`
+	sqlSaveLease     = `
+INSERT INTO leases (mac, ip, expiry_ns, hostname) VALUES ($1, $2, $3, $4)
+ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, expiry_ns = excluded.expiry_ns, hostname = excluded.hostname`
+	sqlDeleteLease = `DELETE FROM leases WHERE mac = $1`
+	sqlSeenUnknown = `
+INSERT INTO unknown_machines (mac, firmware, arch, vendor_class, ip, first_seen_ns, last_seen_ns, seen)
+VALUES ($1, $2, $3, $4, $5, $6, $6, 1)
+ON CONFLICT (mac) DO UPDATE SET firmware = excluded.firmware, arch = excluded.arch,
+	vendor_class = excluded.vendor_class,
+	ip = CASE WHEN excluded.ip = '' THEN unknown_machines.ip ELSE excluded.ip END,
+	last_seen_ns = excluded.last_seen_ns, seen = unknown_machines.seen + 1`
+)
+
+func (s *SQLite) prepare(ctx context.Context) error {
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{&s.deleteLeaseIP, sqlDeleteLeaseIP},
+		{&s.saveLease, sqlSaveLease},
+		{&s.deleteLease, sqlDeleteLease},
+		{&s.seenUnknown, sqlSeenUnknown},
+	} {
+		st, err := s.db.PrepareContext(ctx, p.sql)
+		if err != nil {
+			return fmt.Errorf("preparing %q: %w", p.sql, err)
+		}
+		*p.stmt = st
+	}
+	return nil
+}
+
+// UpdateLeases implements Store.
+func (s *SQLite) UpdateLeases(ctx context.Context, changes []LeaseChange) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	// An address belongs to one MAC: a new lease of it replaces any other.
-	if _, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE ip = $1 AND mac <> $2`, l.IP.String(), l.MAC.String()); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `
-INSERT INTO leases (mac, ip, expiry_ns, hostname) VALUES ($1, $2, $3, $4)
-ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, expiry_ns = excluded.expiry_ns, hostname = excluded.hostname`,
-		l.MAC.String(), l.IP.String(), ns(l.Expiry), l.Hostname); err != nil {
-		return fmt.Errorf("saving lease of %s: %w", l.MAC, err)
+	del := tx.StmtContext(ctx, s.deleteLease)
+	delIP := tx.StmtContext(ctx, s.deleteLeaseIP)
+	save := tx.StmtContext(ctx, s.saveLease)
+	for _, c := range changes {
+		l := c.Lease
+		if c.Delete {
+			if _, err := del.ExecContext(ctx, l.MAC.String()); err != nil {
+				return fmt.Errorf("deleting lease of %s: %w", l.MAC, err)
+			}
+			continue
+		}
+		// An address belongs to one MAC: a new lease of it replaces any other.
+		if _, err := delIP.ExecContext(ctx, l.IP.String(), l.MAC.String()); err != nil {
+			return fmt.Errorf("saving lease of %s: %w", l.MAC, err)
+		}
+		if _, err := save.ExecContext(ctx, l.MAC.String(), l.IP.String(), ns(l.Expiry), l.Hostname); err != nil {
+			return fmt.Errorf("saving lease of %s: %w", l.MAC, err)
+		}
 	}
 	return tx.Commit()
-}
-
-// DeleteLease implements Store.
-func (s *SQLite) DeleteLease(ctx context.Context, mac net.HardwareAddr) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM leases WHERE mac = $1`, mac.String())
-	return err
 }
 
 // Leases implements Store.
@@ -256,16 +302,22 @@ func (s *SQLite) Leases(ctx context.Context) ([]Lease, error) {
 }
 
 // SeenUnknown implements Store.
-func (s *SQLite) SeenUnknown(ctx context.Context, u Unknown) error {
-	_, err := s.db.ExecContext(ctx, `
-INSERT INTO unknown_machines (mac, firmware, arch, vendor_class, ip, first_seen_ns, last_seen_ns, seen)
-VALUES ($1, $2, $3, $4, $5, $6, $6, 1)
-ON CONFLICT (mac) DO UPDATE SET firmware = excluded.firmware, arch = excluded.arch,
-	vendor_class = excluded.vendor_class,
-	ip = CASE WHEN excluded.ip = '' THEN unknown_machines.ip ELSE excluded.ip END,
-	last_seen_ns = excluded.last_seen_ns, seen = unknown_machines.seen + 1`,
-		u.MAC.String(), u.Firmware, u.Arch, u.VendorClass, addrString(u.IP), ns(u.LastSeen))
-	return err
+func (s *SQLite) SeenUnknown(ctx context.Context, us ...Unknown) error {
+	if len(us) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	st := tx.StmtContext(ctx, s.seenUnknown)
+	for _, u := range us {
+		if _, err := st.ExecContext(ctx, u.MAC.String(), u.Firmware, u.Arch, u.VendorClass, addrString(u.IP), ns(u.LastSeen)); err != nil {
+			return fmt.Errorf("recording unknown machine %s: %w", u.MAC, err)
+		}
+	}
+	return tx.Commit()
 }
 
 // Unknown implements Store.

@@ -24,15 +24,15 @@ type Store interface {
 	// that remain.
 	SyncBoards(ctx context.Context, boards []Board) error
 
-	// SaveLease records or replaces the lease of a MAC; DeleteLease drops
-	// it; Leases lists them all.
-	SaveLease(ctx context.Context, l Lease) error
-	DeleteLease(ctx context.Context, mac net.HardwareAddr) error
+	// UpdateLeases applies lease changes in order and atomically (all or
+	// none): a change records or replaces the lease of its MAC, or with
+	// Delete drops it. Leases lists them all.
+	UpdateLeases(ctx context.Context, changes []LeaseChange) error
 	Leases(ctx context.Context) ([]Lease, error)
 
-	// SeenUnknown records (or updates) a machine that is not in the
-	// inventory; Unknown lists them, newest first.
-	SeenUnknown(ctx context.Context, u Unknown) error
+	// SeenUnknown records (or updates) machines that are not in the
+	// inventory, in one transaction; Unknown lists them, newest first.
+	SeenUnknown(ctx context.Context, us ...Unknown) error
 	Unknown(ctx context.Context) ([]Unknown, error)
 
 	// StartBoot records a new boot and ends the board's previous one,
@@ -59,6 +59,13 @@ type Lease struct {
 	IP       netip.Addr
 	Expiry   time.Time
 	Hostname string
+}
+
+// LeaseChange is one change of UpdateLeases: Lease saved, or, with
+// Delete, the lease of Lease.MAC dropped.
+type LeaseChange struct {
+	Lease  Lease
+	Delete bool
 }
 
 // Unknown is a machine that tried to boot and is not in the inventory:

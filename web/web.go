@@ -276,7 +276,7 @@ func (s *Server) boots(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) unknown(w http.ResponseWriter, r *http.Request) {
-	list, err := s.Lab.Store().Unknown(r.Context())
+	list, err := s.Lab.Unknown(r.Context())
 	if err != nil {
 		s.logger().Error("listing unknown machines", "err", err)
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)

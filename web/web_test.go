@@ -67,6 +67,7 @@ func startWeb(t *testing.T) (string, *lab.SQLite) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { l.Flush(context.Background()) }) // before the store closes
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -211,6 +211,9 @@ func (a *appliance) open(ctx context.Context) error {
 		return err
 	}
 	a.lab = l
+	// Closers run last first: the lab's queued writes reach the store
+	// before it closes.
+	a.closers = append(a.closers, func() error { return l.Flush(context.Background()) })
 	for _, d := range a.dhcp {
 		d.Booter = dhcpBooter{l}
 		d.OnReply = func(r dhcp.Reply) { l.DHCPReply(ctx, r.MAC, r.Type, r.IP, r.BootFile) }
@@ -269,12 +272,13 @@ func (l leaseStore) LoadLeases(ctx context.Context) ([]dhcp.Lease, error) {
 	return out, nil
 }
 
-func (l leaseStore) SaveLease(ctx context.Context, x dhcp.Lease) error {
-	return l.s.SaveLease(ctx, lab.Lease{MAC: x.MAC, IP: x.IP, Expiry: x.Expiry, Hostname: x.Hostname})
-}
-
-func (l leaseStore) DeleteLease(ctx context.Context, mac net.HardwareAddr) error {
-	return l.s.DeleteLease(ctx, mac)
+func (l leaseStore) UpdateLeases(ctx context.Context, changes []dhcp.LeaseChange) error {
+	out := make([]lab.LeaseChange, len(changes))
+	for i, c := range changes {
+		x := c.Lease
+		out[i] = lab.LeaseChange{Lease: lab.Lease{MAC: x.MAC, IP: x.IP, Expiry: x.Expiry, Hostname: x.Hostname}, Delete: c.Delete}
+	}
+	return l.s.UpdateLeases(ctx, out)
 }
 
 // address is the appliance's address as boards reach it: the configured
