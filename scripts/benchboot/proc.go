@@ -134,7 +134,12 @@ const cpuSample = 10 * time.Millisecond
 // while it runs. It samples every process of the group, because some
 // servers' children are reaped automatically (tftpd-hpa ignores SIGCHLD)
 // and their time never reaches the parent's cutime: a child that exits
-// loses at most its last cpuSample of CPU time.
+// loses at most its last cpuSample of CPU time. Each process counts with
+// its cutime and cstime, so short-lived helpers that a member waits for
+// count too; a member child sampled before its parent waited for it then
+// counts twice. None of the measured servers forks children it waits for
+// per request (tftpd-hpa's per-transfer children are auto-reaped; dnsmasq,
+// Kea, nginx and rackboot serve from long-lived processes).
 type cpuMeter struct {
 	pgid int
 	mu   sync.Mutex

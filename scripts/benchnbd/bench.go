@@ -20,17 +20,26 @@ type row struct {
 	label string
 	unit  string
 	lower bool // lower is better
+	// cpuUnit is the unit of the row's server CPU time, per I/O or per GB;
+	// empty for the rows that are not a time-based fio run.
+	cpuUnit string
 }
+
+// Units of the server CPU time table.
+const (
+	cpuPerIO = "µs/IO"
+	cpuPerGB = "s/GB"
+)
 
 // rows returns the table's measurements in order.
 func (c config) rows() []row {
 	return []row{
-		{key: "seq", label: fmt.Sprintf("seq read 1 MiB QD%d, whole image", c.seqDepth), unit: "MiB/s"},
-		{key: "rr1", label: "rand read 4 KiB QD1", unit: "IOPS"},
-		{key: "rr32", label: "rand read 4 KiB QD32", unit: "IOPS"},
-		{key: "rw1", label: "rand write 4 KiB QD1, write layer", unit: "IOPS"},
-		{key: "rw32", label: "rand write 4 KiB QD32, write layer", unit: "IOPS"},
-		{key: "clients", label: fmt.Sprintf("%d clients seq read 1 MiB, whole image", c.clients), unit: "MiB/s"},
+		{key: "seq", label: fmt.Sprintf("seq read 1 MiB QD%d, whole image", c.seqDepth), unit: "MiB/s", cpuUnit: cpuPerGB},
+		{key: "rr1", label: "rand read 4 KiB QD1", unit: "IOPS", cpuUnit: cpuPerIO},
+		{key: "rr32", label: "rand read 4 KiB QD32", unit: "IOPS", cpuUnit: cpuPerIO},
+		{key: "rw1", label: "rand write 4 KiB QD1, write layer", unit: "IOPS", cpuUnit: cpuPerIO},
+		{key: "rw32", label: "rand write 4 KiB QD32, write layer", unit: "IOPS", cpuUnit: cpuPerIO},
+		{key: "clients", label: fmt.Sprintf("%d clients seq read 1 MiB, whole image", c.clients), unit: "MiB/s", cpuUnit: cpuPerGB},
 		{key: "connects", label: fmt.Sprintf("%d simultaneous connects, greeting <= %v", c.connects, c.greetWithin), unit: "greeted"},
 		{key: "cost", label: fmt.Sprintf("write layer after %s of rand 4 KiB writes", mib(c.costBytes)), unit: "MiB", lower: true},
 	}
@@ -41,23 +50,35 @@ func (c config) rows() []row {
 type results struct {
 	servers  []string
 	vals     map[string]map[string][]float64
-	problems map[string][]string // by server
+	cpu      map[string]map[string][]float64 // server CPU time per unit of work, like vals
+	problems map[string][]string             // by server
 }
 
 func newResults(servers []string) *results {
-	return &results{servers: servers, vals: map[string]map[string][]float64{}, problems: map[string][]string{}}
+	return &results{servers: servers, vals: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, problems: map[string][]string{}}
 }
 
-func (r *results) set(key, server string, v float64) {
-	if r.vals[key] == nil {
-		r.vals[key] = map[string][]float64{}
+func (r *results) set(key, server string, v float64) { add(r.vals, key, server, v) }
+
+// setCPU records the server's CPU time per unit of work (the row's cpuUnit)
+// in a row.
+func (r *results) setCPU(key, server string, v float64) { add(r.cpu, key, server, v) }
+
+func add(m map[string]map[string][]float64, key, server string, v float64) {
+	if m[key] == nil {
+		m[key] = map[string][]float64{}
 	}
-	r.vals[key][server] = append(r.vals[key][server], v)
+	m[key][server] = append(m[key][server], v)
 }
 
 // get returns the median of the figures of one row and server.
-func (r *results) get(key, server string) (float64, bool) {
-	v := slices.Sorted(slices.Values(r.vals[key][server]))
+func (r *results) get(key, server string) (float64, bool) { return median(r.vals[key][server]) }
+
+// getCPU returns the median CPU time per unit of work of one row and server.
+func (r *results) getCPU(key, server string) (float64, bool) { return median(r.cpu[key][server]) }
+
+func median(vals []float64) (float64, bool) {
+	v := slices.Sorted(slices.Values(vals))
 	switch n := len(v); {
 	case n == 0:
 		return 0, false
@@ -268,17 +289,23 @@ func (b *bench) throughput(ctx context.Context, spec *serverSpec, bin string) er
 		j.job.runtime, j.job.ramp = b.cfg.runtime, b.cfg.ramp
 		err := b.measure(ctx, spec.name, j.key, func() (float64, error) {
 			var r fioResult
+			var cpu []cpuPoint
 			var err error
 			for attempt := 1; attempt <= fioAttempts; attempt++ {
 				if !inst.g.alive() {
 					return 0, fmt.Errorf("server is gone%s", inst.g.logTail())
 				}
+				meter := inst.g.meter()
 				r, err = runFio(ctx, fioDir, j.job)
+				cpu = meter.end()
 				if !errors.Is(err, errHung) || attempt == fioAttempts {
 					break
 				}
 				b.log.Warn("fio timed out; retrying", "server", spec.name, "row", j.key, "attempt", attempt, "err", err)
 				b.res.problem(spec.name, fmt.Sprintf("%s: attempt %d of %d timed out (%v)", j.key, attempt, fioAttempts, err))
+			}
+			if err == nil {
+				b.serverCPU(spec.name, j.key, j.bw, j.job, r, cpu)
 			}
 			if j.bw {
 				return r.bw / (1 << 20), err
@@ -290,6 +317,28 @@ func (b *bench) throughput(ctx context.Context, spec *serverSpec, bin string) er
 		}
 	}
 	return nil
+}
+
+// serverCPU records the server's CPU time per I/O (µs) or per GB (s) in a
+// time-based fio run: its CPU time per second over the window cpuWindow
+// picks, over fio's IOPS or bandwidth, which count the measured part only.
+func (b *bench) serverCPU(server, key string, bw bool, job fioJob, r fioResult, points []cpuPoint) {
+	from, to := cpuWindow(r, job.runtime, job.stagger)
+	rate, err := cpuRate(points, from, to)
+	if err == nil && (r.iops <= 0 || r.bw <= 0) {
+		err = errors.New("fio reports no I/O")
+	}
+	if err != nil {
+		b.log.Error("server CPU time not measured", "server", server, "row", key, "err", err)
+		b.res.problem(server, key+": server CPU time: "+err.Error())
+		return
+	}
+	v := rate / r.iops * 1e6
+	if bw {
+		v = rate / (r.bw / 1e9)
+	}
+	b.res.setCPU(key, server, v)
+	b.log.Info("server CPU", "server", server, "row", key, "cores", rate, "per_unit", v, "window", to.Sub(from).Round(time.Millisecond))
 }
 
 // cost measures the allocated size of the write layer after cfg.costBytes of

@@ -42,16 +42,24 @@ type fioJob struct {
 type fioResult struct {
 	iops float64
 	bw   float64 // bytes per second
+	// runtime is the measured time (after ramp_time) of the longest job;
+	// iops and bw are over it.
+	runtime time.Duration
+	// end is when fio's I/O ended: the time of fio's report (a few ms after
+	// its last I/O), or when fio exited if the report has none.
+	end time.Time
 }
 
 type fioStats struct {
-	IOPS    float64 `json:"iops"`
-	BWBytes float64 `json:"bw_bytes"`
-	IOBytes int64   `json:"io_bytes"`
+	IOPS      float64 `json:"iops"`
+	BWBytes   float64 `json:"bw_bytes"`
+	IOBytes   int64   `json:"io_bytes"`
+	RuntimeMS int64   `json:"runtime"`
 }
 
 type fioOutput struct {
-	Jobs []struct {
+	TimestampMS int64 `json:"timestamp_ms"`
+	Jobs        []struct {
 		Jobname string   `json:"jobname"`
 		Error   int      `json:"error"`
 		Read    fioStats `json:"read"`
@@ -81,9 +89,13 @@ func parseFio(b []byte) (fioResult, error) {
 		r.iops += j.Read.IOPS + j.Write.IOPS
 		r.bw += j.Read.BWBytes + j.Write.BWBytes
 		ioBytes += j.Read.IOBytes + j.Write.IOBytes
+		r.runtime = max(r.runtime, time.Duration(max(j.Read.RuntimeMS, j.Write.RuntimeMS))*time.Millisecond)
 	}
 	if ioBytes == 0 {
 		return fioResult{}, errors.New("fio did no I/O")
+	}
+	if out.TimestampMS > 0 {
+		r.end = time.UnixMilli(out.TimestampMS)
 	}
 	return r, nil
 }
@@ -134,6 +146,7 @@ func runFio(ctx context.Context, dir string, j fioJob) (fioResult, error) {
 		args = append(args, fmt.Sprintf("--exec_postrun=sh -c 'echo ready >%s; read x <%s'", ready.Name(), release.Name()))
 	}
 	var stderr bytes.Buffer
+	started := time.Now()
 	cmd, done, err := startCmd(args, nil, dir, &stderr)
 	if err != nil {
 		return fioResult{}, err
@@ -176,6 +189,7 @@ wait:
 			return fioResult{}, ctx.Err()
 		}
 	}
+	exited := time.Now()
 	msg := strings.TrimSpace(stderr.String())
 	if waitErr != nil {
 		return fioResult{}, fmt.Errorf("fio %s: %w: %s", j.name, waitErr, msg)
@@ -190,6 +204,9 @@ wait:
 	}
 	if j.hold != nil && readyc != nil {
 		return fioResult{}, fmt.Errorf("fio %s: exec_postrun never ran", j.name)
+	}
+	if r.end.IsZero() || r.end.Before(started) || r.end.After(exited) {
+		r.end = exited
 	}
 	return r, nil
 }

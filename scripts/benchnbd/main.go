@@ -1,7 +1,9 @@
 // Command benchnbd compares rackboot's NBD server with the reference servers
 // nbd-server (copyonwrite = true), qemu-nbd --snapshot and nbdkit --filter=cow
 // on the same base image and with the same clients (fio's nbd ioengine, built
-// on libnbd), and prints a table with rackboot's ratio to the best reference.
+// on libnbd), and prints a table with rackboot's ratio to the best reference,
+// and a second table with each server's CPU time per I/O or per GB in the
+// time-based fio rows.
 //
 // It is run by scripts/bench-nbd.sh (make bench-nbd), which installs the
 // reference servers and builds rackboot first:
@@ -17,6 +19,12 @@
 // twice: once for the throughput rows and the connect storm, and once more,
 // with an empty write layer, for the write-layer cost row. The base image's
 // SHA-256 is checked before and after the run.
+//
+// While fio runs, the CPU time (utime+stime) of every process in the
+// server's process group is sampled from /proc. Its rate over the measured
+// part of the run (after fio's ramp_time, up to fio's report, less a margin
+// at either end), over fio's IOPS or bandwidth, is the CPU time per I/O or
+// per GB.
 //
 // # Caveats
 //

@@ -134,20 +134,30 @@ func (g *group) logTail() string {
 	return "; log: " + strings.ReplaceAll(string(b), "\n", " | ")
 }
 
-// procStat returns the state and process group of pid from /proc/PID/stat.
-func procStat(pid int) (state byte, pgrp int, err error) {
+// statFields returns the fields of /proc/PID/stat after the command name:
+// f[0] is the state, f[2] the process group, f[11] and f[12] utime and stime.
+func statFields(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
 	// The command name is in parentheses and may contain anything.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, 0, fmt.Errorf("parsing /proc/%d/stat", pid)
+		return nil, fmt.Errorf("parsing /proc/%d/stat", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 {
-		return 0, 0, fmt.Errorf("parsing /proc/%d/stat", pid)
+	if len(f) < 13 {
+		return nil, fmt.Errorf("parsing /proc/%d/stat", pid)
+	}
+	return f, nil
+}
+
+// procStat returns the state and process group of pid from /proc/PID/stat.
+func procStat(pid int) (state byte, pgrp int, err error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return 0, 0, err
 	}
 	pgrp, err = strconv.Atoi(f[2])
 	return f[0][0], pgrp, err

@@ -180,12 +180,48 @@ func (r *report) table() [][]string {
 	return t
 }
 
-// notes returns the lines printed under the table.
+// cpuTable returns the header and cells of the table of the servers' CPU
+// time per unit of work, for the rows that have one.
+func (r *report) cpuTable() [][]string {
+	head := append([]string{"server CPU time", "unit"}, r.res.servers...)
+	t := [][]string{head}
+	for _, rw := range r.rows {
+		if rw.cpuUnit == "" {
+			continue
+		}
+		line := []string{rw.label, rw.cpuUnit}
+		for _, s := range r.res.servers {
+			v, ok := r.res.getCPU(rw.key, s)
+			switch {
+			case !ok:
+				line = append(line, "n/a")
+			case rw.cpuUnit == cpuPerIO && v >= 100:
+				line = append(line, fmt.Sprintf("%.0f", v))
+			case rw.cpuUnit == cpuPerIO:
+				line = append(line, fmt.Sprintf("%.1f", v))
+			default:
+				line = append(line, fmt.Sprintf("%.2f", v))
+			}
+		}
+		t = append(t, line)
+	}
+	return t
+}
+
+// notes returns the lines printed under the tables.
 func (r *report) notes() []string {
 	n := []string{
 		"rackboot/best: rackboot divided by the best reference; for the write-layer row (lower is better) the best " +
 			"reference divided by rackboot, so >= 1.00x always means rackboot is at least as good. Target: >= 1.00x " +
 			"(as shown, to two decimals) on every row. The write-layer row's (N.NNx) is the layer's size over the bytes written.",
+		fmt.Sprintf("server CPU time: user and system time of all the server's processes (its process group; utime+stime "+
+			"from /proc/PID/stat every %v, at 10 ms resolution; threads included) per I/O for the IOPS rows and per GB "+
+			"(10^9 bytes) read or written for the MiB/s rows (the median over the rounds; lower is better). fio's %v warm-up "+
+			"is left out: the server's CPU time per second over the measured part of each fio run (the last %v, up to fio's "+
+			"report), less %v at either end and, for the %d-clients row, less the %v start stagger at the end (so that every "+
+			"client is past its warm-up throughout), is divided by fio's IOPS or bandwidth, which count the measured part only; "+
+			"fio's own CPU time is not counted, and it shares the machine's %d cores with the server",
+			cpuSample, r.cfg.ramp, r.cfg.runtime, cpuMargin, r.cfg.clients, clientStagger, runtime.NumCPU()),
 	}
 	if r.loopback > 0 {
 		line := fmt.Sprintf("loopback TCP, one stream in-process: %.0f MiB/s", r.loopback/(1<<20))
@@ -238,13 +274,22 @@ func (r *report) header() []string {
 	}
 }
 
-// writeText writes the report as an aligned plain-text table.
+// writeText writes the report as aligned plain-text tables.
 func (r *report) writeText(w io.Writer) {
 	for _, l := range r.header() {
 		fmt.Fprintln(w, l)
 	}
 	fmt.Fprintln(w)
-	t := r.table()
+	writeTextTable(w, r.table())
+	fmt.Fprintln(w)
+	writeTextTable(w, r.cpuTable())
+	fmt.Fprintln(w)
+	for _, l := range r.notes() {
+		fmt.Fprintln(w, "- "+l)
+	}
+}
+
+func writeTextTable(w io.Writer, t [][]string) {
 	width := make([]int, len(t[0]))
 	for _, line := range t {
 		for i, c := range line {
@@ -274,10 +319,6 @@ func (r *report) writeText(w io.Writer) {
 			fmt.Fprintln(w, strings.Repeat("-", total))
 		}
 	}
-	fmt.Fprintln(w)
-	for _, l := range r.notes() {
-		fmt.Fprintln(w, "- "+l)
-	}
 }
 
 // writeMarkdown writes the report as Markdown, for the README.
@@ -288,7 +329,16 @@ func (r *report) writeMarkdown(w io.Writer) {
 		fmt.Fprintf(w, "%s  \n", l)
 	}
 	fmt.Fprintln(w)
-	t := r.table()
+	writeMarkdownTable(w, r.table())
+	fmt.Fprintln(w)
+	writeMarkdownTable(w, r.cpuTable())
+	fmt.Fprintln(w)
+	for _, l := range r.notes() {
+		fmt.Fprintln(w, "- "+l)
+	}
+}
+
+func writeMarkdownTable(w io.Writer, t [][]string) {
 	for li, line := range t {
 		cells := make([]string, len(line))
 		for i, c := range line {
@@ -305,9 +355,5 @@ func (r *report) writeMarkdown(w io.Writer) {
 			}
 			fmt.Fprintf(w, "| %s |\n", strings.Join(sep, " | "))
 		}
-	}
-	fmt.Fprintln(w)
-	for _, l := range r.notes() {
-		fmt.Fprintln(w, "- "+l)
 	}
 }
