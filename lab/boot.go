@@ -162,17 +162,19 @@ func (l *Lab) queueUnknown(u Unknown) {
 // Flush writes what the lab holds in memory to the store: the queued
 // sightings of unknown machines. Call it before closing the store.
 func (l *Lab) Flush(ctx context.Context) error {
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
 	l.unknownMu.Lock()
-	defer l.unknownMu.Unlock()
 	if l.unknownTimer != nil {
 		l.unknownTimer.Stop()
 		l.unknownTimer = nil
 	}
-	if len(l.unknownQueue) == 0 {
-		return nil
-	}
 	q := l.unknownQueue
 	l.unknownQueue = nil
+	l.unknownMu.Unlock()
+	if len(q) == 0 {
+		return nil
+	}
 	if err := l.store.SeenUnknown(ctx, q...); err != nil {
 		return fmt.Errorf("recording %d unknown machines: %w", len(q), err)
 	}

@@ -149,11 +149,14 @@ type Lab struct {
 	unknownSeen map[string]time.Time // when each unknown MAC was last recorded
 
 	// Sightings of unknown machines waiting for the store (queueUnknown).
-	// Flush holds unknownMu while it writes, so that a listing after
-	// Flush sees every sighting before it.
+	// unknownMu guards the queue and the timer only, so that queueing
+	// never waits for a write; flushMu serialises flushes, so that a
+	// listing after Flush sees every sighting queued before it, even one
+	// a concurrent flush is still writing.
 	unknownMu    sync.Mutex
 	unknownQueue []Unknown
 	unknownTimer *time.Timer
+	flushMu      sync.Mutex
 }
 
 var boardNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
