@@ -486,7 +486,16 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	slots := make(chan struct{}, s.cfg.maxInFlight)
+	// Packets go to a pool of workers, started as load needs them (up to
+	// maxInFlight) and kept: a worker's stack, grown once by the store's
+	// deep calls, serves the next packets instead of growing again in a
+	// fresh goroutine per packet.
+	type packet struct {
+		b    []byte
+		peer netip.AddrPort
+	}
+	work := make(chan packet)
+	workers := 0
 	var wg sync.WaitGroup
 	buf := make([]byte, maxDatagram)
 	var serveErr error
@@ -510,22 +519,31 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 			break
 		}
 		backoff = 0
-		peer := addrPortOf(from)
-		// With every slot busy, wait for one: the socket's receive
+		pk := packet{b: append([]byte(nil), buf[:n]...), peer: addrPortOf(from)}
+		select {
+		case work <- pk: // an idle worker took it
+			continue
+		default:
+		}
+		if workers < s.cfg.maxInFlight {
+			workers++
+			wg.Go(func() {
+				for pk := range work {
+					s.servePacket(ctx, conn, l2, pk.b, pk.peer, p)
+				}
+			})
+		}
+		// With every worker busy, wait for one: the socket's receive
 		// buffer queues the packets meanwhile. Dropping here made
 		// clients retransmit a whole second later.
 		select {
-		case slots <- struct{}{}:
+		case work <- pk:
 		case <-ctx.Done():
-			continue // the read fails next, on the closed socket
+			// The read fails next, on the closed socket.
 		}
-		pkt := append([]byte(nil), buf[:n]...)
-		wg.Go(func() {
-			defer func() { <-slots }()
-			s.servePacket(ctx, conn, l2, pkt, peer, p)
-		})
 	}
 	conn.Close()
+	close(work)
 	wg.Wait()
 	return serveErr
 }
