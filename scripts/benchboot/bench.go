@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // row is one measurement of the table.
@@ -60,45 +62,26 @@ func (c config) protos() []string {
 // what went wrong.
 type results struct {
 	servers  []string
-	vals     map[string]map[string][]float64
-	cpu      map[string]map[string][]float64 // server CPU per unit of work, like vals
-	problems map[string][]string             // by server
+	vals     benchkit.Figures
+	cpu      benchkit.Figures    // server CPU per unit of work, like vals
+	problems map[string][]string // by server
 	blksizes map[string]map[int]int
 }
 
 func newResults(servers []string) *results {
-	return &results{servers: servers, vals: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, problems: map[string][]string{}, blksizes: map[string]map[int]int{}}
+	return &results{servers: servers, vals: benchkit.Figures{}, cpu: benchkit.Figures{}, problems: map[string][]string{}, blksizes: map[string]map[int]int{}}
 }
 
-func (r *results) set(key, server string, v float64) { add(r.vals, key, server, v) }
+func (r *results) set(key, server string, v float64) { r.vals.Add(key, server, v) }
 
 // setCPU records the server's CPU time per unit of work in a row.
-func (r *results) setCPU(key, server string, v float64) { add(r.cpu, key, server, v) }
-
-func add(m map[string]map[string][]float64, key, server string, v float64) {
-	if m[key] == nil {
-		m[key] = map[string][]float64{}
-	}
-	m[key][server] = append(m[key][server], v)
-}
+func (r *results) setCPU(key, server string, v float64) { r.cpu.Add(key, server, v) }
 
 // get returns the median of the figures of one row and server.
-func (r *results) get(key, server string) (float64, bool) { return median(r.vals[key][server]) }
+func (r *results) get(key, server string) (float64, bool) { return r.vals.Median(key, server) }
 
 // getCPU returns the median CPU time per unit of work of one row and server.
-func (r *results) getCPU(key, server string) (float64, bool) { return median(r.cpu[key][server]) }
-
-func median(vals []float64) (float64, bool) {
-	v := slices.Sorted(slices.Values(vals))
-	switch n := len(v); {
-	case n == 0:
-		return 0, false
-	case n%2 == 1:
-		return v[n/2], true
-	default:
-		return (v[n/2-1] + v[n/2]) / 2, true
-	}
-}
+func (r *results) getCPU(key, server string) (float64, bool) { return r.cpu.Median(key, server) }
 
 func (r *results) problem(server, msg string) {
 	if !slices.Contains(r.problems[server], msg) {
@@ -125,7 +108,7 @@ type bench struct {
 
 func (b *bench) run(ctx context.Context) (*report, error) {
 	rep := &report{cfg: b.cfg, rows: b.cfg.rows(), res: b.res, started: time.Now()}
-	rep.machine = machineInfo()
+	rep.machine = benchkit.MachineInfo()
 	rep.tools = toolVersions(ctx, b.cfg.rackboot)
 	b.skip = map[string]bool{}
 	if err := b.makeTree(ctx); err != nil {
@@ -187,12 +170,13 @@ func (b *bench) makeTree(ctx context.Context) error {
 	}
 	path := filepath.Join(b.tree, fileName)
 	b.log.Info("creating the file", "file", path, "bytes", b.cfg.size)
-	if err := createFile(ctx, path, b.cfg.size); err != nil {
+	// Readable by everyone: the servers that drop privileges must read it.
+	if err := benchkit.CreateRandomFile(ctx, path, b.cfg.size, 0o644, "file"); err != nil {
 		return err
 	}
 	// Hashing reads it back, so every server starts with it in the page cache.
 	var err error
-	b.sum, err = sha256File(path)
+	b.sum, err = benchkit.SHA256File(path, "file")
 	return err
 }
 
@@ -208,7 +192,7 @@ func (i *instance) stop() error {
 		return nil
 	}
 	i.stopped = true
-	return i.g.stop()
+	return i.g.Stop()
 }
 
 // start starts a fresh server for proto in a new directory.
@@ -302,7 +286,7 @@ func (b *bench) dhcpReady(ctx context.Context, spec *serverSpec, inst *instance,
 		timeout = 5 * time.Second
 	}
 	err := poll(ctx, inst.g, timeout, "DHCP offer", func() error { return load.probe(ctx) })
-	if err != nil && spec.name == "rackboot" && inst.g.alive() && !strings.Contains(inst.g.log(), "serving DHCP") {
+	if err != nil && spec.name == "rackboot" && inst.g.Alive() && !strings.Contains(inst.g.Log(), "serving DHCP") {
 		return fmt.Errorf("%w: %w", errNotServing, err)
 	}
 	return err
@@ -368,8 +352,8 @@ func (b *bench) transfers(ctx context.Context, spec *serverSpec, bin, proto stri
 		if rw.proto != proto {
 			continue
 		}
-		if !inst.g.alive() {
-			b.res.problem(spec.name, rw.key+": server is gone"+inst.g.logTail())
+		if !inst.g.Alive() {
+			b.res.problem(spec.name, rw.key+": server is gone"+inst.g.LogTail())
 			return nil
 		}
 		// A short batch is repeated, so that timer and scheduling noise

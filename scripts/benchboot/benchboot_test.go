@@ -20,6 +20,7 @@ import (
 
 	rbconfig "github.com/rackboot/rackboot/config"
 	"github.com/rackboot/rackboot/internal/testenv"
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 func TestParseBytes(t *testing.T) {
@@ -233,7 +234,7 @@ func TestCPUMeter(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := (&group{pgid: cmd.Process.Pid}).meter()
+	m := (&group{Group: benchkit.Group{PGID: cmd.Process.Pid}}).meter()
 	if err := cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +277,7 @@ func TestDHCPLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer g.stop()
+	defer g.Stop()
 	load, err := openDHCPLoad(tb.cli, clientIf)
 	if err != nil {
 		t.Fatal(err)

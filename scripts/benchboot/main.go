@@ -55,26 +55,6 @@
 // machine the figures are noisy: publish -count 3 or more.
 package main
 
-import (
-	"context"
-	"errors"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-)
+import "github.com/rackboot/rackboot/scripts/internal/benchkit"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(os.Stderr, "benchboot: interrupted")
-		os.Exit(130)
-	default:
-		fmt.Fprintln(os.Stderr, "benchboot:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("benchboot", "interrupted", run) }

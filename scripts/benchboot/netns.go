@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -224,6 +225,6 @@ func runAlive(pid string) bool {
 	if err != nil {
 		return false
 	}
-	state, _, err := procStat(n)
+	state, _, err := benchkit.ProcStat(n)
 	return err == nil && state != 'Z'
 }

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // config holds the parsed command line.
@@ -252,13 +254,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	rep.writeText(stdout)
 	if cfg.out != "" {
-		f, err := os.Create(cfg.out)
-		if err != nil {
-			return fmt.Errorf("creating %s: %w", cfg.out, err)
-		}
-		rep.writeMarkdown(f)
-		if err := f.Close(); err != nil {
-			return fmt.Errorf("writing %s: %w", cfg.out, err)
+		if err := benchkit.WriteFile(cfg.out, rep.writeMarkdown); err != nil {
+			return err
 		}
 	}
 	return nil

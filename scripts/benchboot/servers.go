@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // Ports the servers listen on, at serverIP.
@@ -60,17 +62,7 @@ func (s *serverSpec) lookPath(cfg config) (string, error) {
 		}
 		return p, nil
 	}
-	if cfg.rackboot == "" {
-		return "", fmt.Errorf("no rackboot binary given (-rackboot)")
-	}
-	fi, err := os.Stat(cfg.rackboot)
-	if err != nil {
-		return "", fmt.Errorf("finding rackboot: %w", err)
-	}
-	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("rackboot %s is not an executable file", cfg.rackboot)
-	}
-	return cfg.rackboot, nil
+	return benchkit.RackbootBinary(cfg.rackboot)
 }
 
 func writeFile(path, text string) error {

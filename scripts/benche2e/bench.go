@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rackboot/rackboot/e2e"
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // config is the command line.
@@ -146,7 +147,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	rep := &report{cfg: cfg, started: started, machine: machineInfo(), versions: versions(a),
-		sizes: fileSizes(a, initrdSize), loadStart: loadAverage()}
+		sizes: fileSizes(a, initrdSize), loadStart: benchkit.LoadAverage()}
 
 	// rackboot's rack: the appliance and its boards.
 	rb, err := newRack(ctx, work, "rackboot", a, progress)
@@ -206,7 +207,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stdout, rep.runLine(r))
 		}
 	}
-	rep.loadEnd = loadAverage()
+	rep.loadEnd = benchkit.LoadAverage()
 	rep.elapsed = time.Since(started)
 	fmt.Fprintln(stdout)
 	rep.writeText(stdout)
@@ -249,7 +250,7 @@ func rackbootPath(key string, r *e2e.Rack, b *e2e.Board) *bootPath {
 
 // boot powers the board on, waits for its root, and powers it off.
 func (p *bootPath) boot(ctx context.Context, n int, timeout time.Duration, work string, log io.Writer) result {
-	res := result{path: p.key, run: n, at: map[string]time.Duration{}, load: loadAverage(), others: otherGuests(work + "/")}
+	res := result{path: p.key, run: n, at: map[string]time.Duration{}, load: benchkit.LoadAverage(), others: otherGuests(work + "/")}
 	var prev int64
 	if p.rack != nil {
 		if cur, err := p.rack.CurrentBoot(ctx, p.board.Name); err == nil {

@@ -156,22 +156,3 @@ func TestCaptureWaitFailsOnFailureLine(t *testing.T) {
 		t.Errorf("wait = %v; want the failure line", err)
 	}
 }
-
-func TestMedian(t *testing.T) {
-	for name, tc := range map[string]struct {
-		in   []time.Duration
-		want time.Duration
-		ok   bool
-	}{
-		"empty": {nil, 0, false},
-		"odd":   {[]time.Duration{3, 1, 2}, 2, true},
-		"even":  {[]time.Duration{4, 1, 3, 2}, 2, true},
-	} {
-		t.Run(name, func(t *testing.T) {
-			got, ok := median(tc.in)
-			if got != tc.want || ok != tc.ok {
-				t.Errorf("median(%v) = %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
-			}
-		})
-	}
-}

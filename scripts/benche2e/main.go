@@ -68,26 +68,6 @@
 // SIGINT too; what a killed run left behind is removed by the next run.
 package main
 
-import (
-	"context"
-	"errors"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-)
+import "github.com/rackboot/rackboot/scripts/internal/benchkit"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(os.Stderr, "benche2e: interrupted; cleaned up")
-		os.Exit(130)
-	default:
-		fmt.Fprintln(os.Stderr, "benche2e:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("benche2e", "interrupted; cleaned up", run) }

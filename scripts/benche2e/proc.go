@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // group is a server started by the benchmark in a namespace, in a process
@@ -35,9 +37,7 @@ func startGroup(ns string, argv []string, logPath string) (*group, error) {
 		return nil, err
 	}
 	defer logf.Close() // the child holds its own descriptor
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd := benchkit.GroupCommand(append([]string{"ip", "netns", "exec", ns}, argv...), nil, "", logf)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
@@ -84,17 +84,7 @@ func (g *group) stop() error {
 }
 
 // logTail is the end of the group's log, for an error message.
-func (g *group) logTail() string {
-	b, _ := os.ReadFile(g.logPath)
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return ""
-	}
-	if len(b) > 600 {
-		b = b[len(b)-600:]
-	}
-	return "; log: " + strings.ReplaceAll(string(b), "\n", " | ")
-}
+func (g *group) logTail() string { return benchkit.LogTail(g.logPath) }
 
 // Work directories are /var/tmp/benche2e-PID-*; each lists the network
 // namespaces it made in a file, so that a run killed before it could

@@ -1,20 +1,19 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/rackboot/rackboot/e2e"
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // report is everything the run prints.
@@ -58,20 +57,6 @@ func secs(at map[string]time.Duration, k string) string {
 	return "     -"
 }
 
-// median returns the median of ds (the mean of the middle two for an even
-// count) and whether there was any.
-func median(ds []time.Duration) (time.Duration, bool) {
-	if len(ds) == 0 {
-		return 0, false
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2], true
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2, true
-}
-
 // medianOf is the median over a path's successful boots of what f
 // returns.
 func (r *report) medianOf(path string, f func(result) (time.Duration, bool)) (time.Duration, bool) {
@@ -84,7 +69,7 @@ func (r *report) medianOf(path string, f func(result) (time.Duration, bool)) (ti
 			ds = append(ds, d)
 		}
 	}
-	return median(ds)
+	return benchkit.Median(ds)
 }
 
 func milestoneOf(name string) func(result) (time.Duration, bool) {
@@ -276,40 +261,9 @@ func (r *report) failures() error {
 	return errors.Join(errs...)
 }
 
-// loadAverage returns the 1-minute load average, or "?".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
-		return f[0]
-	}
-	return "?"
-}
-
 // machineInfo describes the machine: CPU, cores, memory, kernel.
 func machineInfo() []string {
-	cpu := "unknown CPU"
-	if f, err := os.Open("/proc/cpuinfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				cpu = strings.TrimSpace(v)
-				break
-			}
-		}
-		f.Close()
-	}
-	kernel := "unknown"
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		kernel = strings.TrimSpace(string(b))
-	}
-	mem := ""
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		var kib int64
-		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kib); err == nil {
-			mem = fmt.Sprintf(", %.0f GiB RAM", float64(kib)/(1<<20))
-		}
-	}
-	return []string{fmt.Sprintf("%s, %d cores%s", cpu, runtime.NumCPU(), mem), "Linux " + kernel}
+	return []string{benchkit.HardwareInfo(), "Linux " + benchkit.KernelRelease()}
 }
 
 // versions lists what the boot runs on: QEMU, the ROM, the servers.

@@ -9,9 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"time"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // row is one measurement of the table.
@@ -49,45 +50,26 @@ func (c config) rows() []row {
 // what went wrong.
 type results struct {
 	servers  []string
-	vals     map[string]map[string][]float64
-	cpu      map[string]map[string][]float64 // server CPU time per unit of work, like vals
-	problems map[string][]string             // by server
+	vals     benchkit.Figures
+	cpu      benchkit.Figures    // server CPU time per unit of work, like vals
+	problems map[string][]string // by server
 }
 
 func newResults(servers []string) *results {
-	return &results{servers: servers, vals: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, problems: map[string][]string{}}
+	return &results{servers: servers, vals: benchkit.Figures{}, cpu: benchkit.Figures{}, problems: map[string][]string{}}
 }
 
-func (r *results) set(key, server string, v float64) { add(r.vals, key, server, v) }
+func (r *results) set(key, server string, v float64) { r.vals.Add(key, server, v) }
 
 // setCPU records the server's CPU time per unit of work (the row's cpuUnit)
 // in a row.
-func (r *results) setCPU(key, server string, v float64) { add(r.cpu, key, server, v) }
-
-func add(m map[string]map[string][]float64, key, server string, v float64) {
-	if m[key] == nil {
-		m[key] = map[string][]float64{}
-	}
-	m[key][server] = append(m[key][server], v)
-}
+func (r *results) setCPU(key, server string, v float64) { r.cpu.Add(key, server, v) }
 
 // get returns the median of the figures of one row and server.
-func (r *results) get(key, server string) (float64, bool) { return median(r.vals[key][server]) }
+func (r *results) get(key, server string) (float64, bool) { return r.vals.Median(key, server) }
 
 // getCPU returns the median CPU time per unit of work of one row and server.
-func (r *results) getCPU(key, server string) (float64, bool) { return median(r.cpu[key][server]) }
-
-func median(vals []float64) (float64, bool) {
-	v := slices.Sorted(slices.Values(vals))
-	switch n := len(v); {
-	case n == 0:
-		return 0, false
-	case n%2 == 1:
-		return v[n/2], true
-	default:
-		return (v[n/2-1] + v[n/2]) / 2, true
-	}
-}
+func (r *results) getCPU(key, server string) (float64, bool) { return r.cpu.Median(key, server) }
 
 func (r *results) problem(server, msg string) { r.problems[server] = append(r.problems[server], msg) }
 
@@ -112,20 +94,21 @@ type bench struct {
 
 func (b *bench) run(ctx context.Context) (*report, error) {
 	rep := &report{cfg: b.cfg, rows: b.cfg.rows(), res: b.res, started: time.Now()}
-	rep.machine = machineInfo()
+	rep.machine = benchkit.MachineInfo()
 	rep.tools = toolVersions(ctx, b.cfg.rackboot)
-	rep.loadStart = loadAverage()
+	rep.loadStart = benchkit.LoadAverage()
 	if l, err := strconv.ParseFloat(rep.loadStart, 64); err == nil && l > float64(runtime.NumCPU())/2 {
 		b.log.Warn("machine is busy; figures will be noisy", "load", l, "cores", runtime.NumCPU())
 	}
 
 	b.image = filepath.Join(b.dir, "base.img")
 	b.log.Info("creating base image", "file", b.image, "bytes", b.cfg.size)
-	if err := createImage(ctx, b.image, b.cfg.size); err != nil {
+	// Read-only: no server may write to it.
+	if err := benchkit.CreateRandomFile(ctx, b.image, b.cfg.size, 0o444, "image"); err != nil {
 		return nil, err
 	}
 	var err error
-	if rep.sumBefore, err = sha256File(b.image); err != nil {
+	if rep.sumBefore, err = benchkit.SHA256File(b.image, "image"); err != nil {
 		return nil, err
 	}
 	b.log.Info("measuring loopback TCP", "dur", b.cfg.loopback)
@@ -149,11 +132,11 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			unavailable[name] = !ok
 		}
 	}
-	if rep.sumAfter, err = sha256File(b.image); err != nil {
+	if rep.sumAfter, err = benchkit.SHA256File(b.image, "image"); err != nil {
 		return nil, err
 	}
 	rep.imageChanged = rep.sumAfter != rep.sumBefore
-	rep.loadEnd = loadAverage()
+	rep.loadEnd = benchkit.LoadAverage()
 	rep.elapsed = time.Since(rep.started)
 	return rep, nil
 }
@@ -173,7 +156,7 @@ func (i *instance) stop() error {
 		return nil
 	}
 	i.stopped = true
-	return i.g.stop()
+	return i.g.Stop()
 }
 
 // start starts a fresh server with an empty write layer under
@@ -292,8 +275,8 @@ func (b *bench) throughput(ctx context.Context, spec *serverSpec, bin string) er
 			var cpu []cpuPoint
 			var err error
 			for attempt := 1; attempt <= fioAttempts; attempt++ {
-				if !inst.g.alive() {
-					return 0, fmt.Errorf("server is gone%s", inst.g.logTail())
+				if !inst.g.Alive() {
+					return 0, fmt.Errorf("server is gone%s", inst.g.LogTail())
 				}
 				meter := inst.g.meter()
 				r, err = runFio(ctx, fioDir, j.job)
@@ -368,7 +351,7 @@ func (b *bench) cost(ctx context.Context, spec *serverSpec, bin string) error {
 			bs:     "4k",
 			depth:  16,
 			ioSize: b.cfg.costBytes,
-			hold:   func() { connected, holdErr = layerBytes(inst.layer, inst.g.pgid) },
+			hold:   func() { connected, holdErr = layerBytes(inst.layer, inst.g.PGID) },
 		}
 		if _, err := runFio(ctx, filepath.Dir(inst.layer), job); err != nil {
 			return 0, err
@@ -376,7 +359,7 @@ func (b *bench) cost(ctx context.Context, spec *serverSpec, bin string) error {
 		if holdErr != nil {
 			return 0, holdErr
 		}
-		after, err := layerBytes(inst.layer, inst.g.pgid)
+		after, err := layerBytes(inst.layer, inst.g.PGID)
 		if err != nil {
 			return 0, err
 		}

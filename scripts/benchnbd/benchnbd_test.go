@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 func TestParseBytes(t *testing.T) {
@@ -119,7 +121,7 @@ func TestConnectStorm(t *testing.T) {
 
 func TestWaitGreeting(t *testing.T) {
 	t.Parallel()
-	g := &group{pgid: syscall.Getpgrp(), logPath: filepath.Join(t.TempDir(), "log")}
+	g := &group{benchkit.Group{PGID: syscall.Getpgrp(), LogPath: filepath.Join(t.TempDir(), "log")}}
 	if err := waitGreeting(t.Context(), greeter(t), g, 5*time.Second); err != nil {
 		t.Errorf("waitGreeting(greeter) = %v; want nil", err)
 	}
@@ -353,7 +355,7 @@ func TestCPUMeter(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := (&group{pgid: cmd.Process.Pid}).meter()
+	m := (&group{benchkit.Group{PGID: cmd.Process.Pid}}).meter()
 	if err := cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}

@@ -7,11 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// clockTicks is USER_HZ, the unit of the CPU times in /proc/PID/stat: 100
-// on every Linux architecture Go supports.
-const clockTicks = 100
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
+)
 
 const (
 	// cpuSample is how often a cpuMeter reads the CPU times of the group's
@@ -56,27 +54,14 @@ type cpuMeter struct {
 	base    map[int]int64 // ticks of the processes alive at the start
 	last    map[int]int64 // latest ticks of every process seen
 	points  []cpuPoint
-	stop    chan struct{}
-	done    chan struct{}
+	sampler *benchkit.Sampler
 }
 
 // meter starts recording the group's CPU time.
 func (g *group) meter() *cpuMeter {
-	m := &cpuMeter{pgid: g.pgid, base: map[int]int64{}, last: map[int]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &cpuMeter{pgid: g.PGID, base: map[int]int64{}, last: map[int]int64{}}
 	m.sample()
-	go func() {
-		defer close(m.done)
-		t := time.NewTicker(cpuSample)
-		defer t.Stop()
-		for {
-			select {
-			case <-m.stop:
-				return
-			case <-t.C:
-				m.sample()
-			}
-		}
-	}()
+	m.sampler = benchkit.StartSampler(cpuSample, m.sample)
 	return m
 }
 
@@ -85,7 +70,7 @@ func (g *group) meter() *cpuMeter {
 func (m *cpuMeter) sample() {
 	var pids []int
 	if m.samples%cpuScanEvery == 0 {
-		pids = groupPIDs(m.pgid)
+		pids = benchkit.GroupPIDs(m.pgid)
 	}
 	now := time.Now() // after the scan, right before the reads
 	pids = append(pids, m.known...)
@@ -98,7 +83,7 @@ func (m *cpuMeter) sample() {
 			continue
 		}
 		seen[pid] = true
-		f, err := statFields(pid)
+		f, err := benchkit.StatFields(pid)
 		if err != nil || f[2] != pgid {
 			continue
 		}
@@ -128,14 +113,13 @@ func (m *cpuMeter) sample() {
 	for pid, t := range m.last {
 		ticks += t - m.base[pid]
 	}
-	m.points = append(m.points, cpuPoint{t: now, cpu: time.Duration(ticks) * time.Second / clockTicks})
+	m.points = append(m.points, cpuPoint{t: now, cpu: benchkit.TicksDuration(ticks)})
 	m.samples++
 }
 
 // end stops the meter and returns its samples.
 func (m *cpuMeter) end() []cpuPoint {
-	close(m.stop)
-	<-m.done
+	m.sampler.Stop()
 	m.sample()
 	return m.points
 }

@@ -32,26 +32,6 @@
 // daemonizes; it is stopped through its PID file and process group.
 package main
 
-import (
-	"context"
-	"errors"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-)
+import "github.com/rackboot/rackboot/scripts/internal/benchkit"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(os.Stderr, "benchnbd: interrupted")
-		os.Exit(130)
-	default:
-		fmt.Fprintln(os.Stderr, "benchnbd:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("benchnbd", "interrupted", run) }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // Newstyle handshake constants (NBD proto.md, "Newstyle negotiation").
@@ -76,13 +78,13 @@ func waitGreeting(ctx context.Context, addr string, g *group, timeout time.Durat
 		} else {
 			last = err
 		}
-		if !g.alive() {
-			return fmt.Errorf("server exited before serving%s", g.logTail())
+		if !g.Alive() {
+			return fmt.Errorf("server exited before serving%s", g.LogTail())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no NBD greeting from %s after %v: %w%s", addr, timeout, last, g.logTail())
+			return fmt.Errorf("no NBD greeting from %s after %v: %w%s", addr, timeout, last, g.LogTail())
 		}
-		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+		if err := benchkit.SleepCtx(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}
 	}

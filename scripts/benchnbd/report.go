@@ -1,18 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"math"
-	"os"
 	"os/exec"
 	"regexp"
 	"runtime"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // report is everything the run prints.
@@ -30,51 +28,6 @@ type report struct {
 	loadEnd      string  // and at the end
 	started      time.Time
 	elapsed      time.Duration
-}
-
-// loadAverage returns the 1-minute load average, or "?".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
-		return f[0]
-	}
-	return "?"
-}
-
-// machineInfo describes the machine the run is on.
-func machineInfo() []string {
-	cpu := "unknown CPU"
-	if f, err := os.Open("/proc/cpuinfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				cpu = strings.TrimSpace(v)
-				break
-			}
-		}
-		f.Close()
-	}
-	kernel := "unknown"
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		kernel = strings.TrimSpace(string(b))
-	}
-	osName := "Linux"
-	if b, err := os.ReadFile("/etc/os-release"); err == nil {
-		if m := regexp.MustCompile(`(?m)^PRETTY_NAME="?([^"\n]*)`).FindSubmatch(b); m != nil {
-			osName = string(m[1])
-		}
-	}
-	mem := ""
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		var kib int64
-		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kib); err == nil {
-			mem = fmt.Sprintf(", %.0f GiB RAM", float64(kib)/(1<<20))
-		}
-	}
-	return []string{
-		fmt.Sprintf("%s, %d cores%s", cpu, runtime.NumCPU(), mem),
-		fmt.Sprintf("%s, kernel %s, %s", osName, kernel, runtime.Version()),
-	}
 }
 
 // toolVersions returns the versions of the client and the servers.
@@ -166,15 +119,7 @@ func (r *report) table() [][]string {
 		} else {
 			line = append(line, "n/a")
 		}
-		if q, ok := r.ratio(rw); ok {
-			verdict := "met"
-			if math.Round(q*100) < 100 { // as shown
-				verdict = "MISSED"
-			}
-			line = append(line, fmt.Sprintf("%.2fx", q), verdict)
-		} else {
-			line = append(line, "n/a", "n/a")
-		}
+		line = append(line, benchkit.RatioCells(r.ratio(rw))...)
 		t = append(t, line)
 	}
 	return t
@@ -275,85 +220,11 @@ func (r *report) header() []string {
 }
 
 // writeText writes the report as aligned plain-text tables.
-func (r *report) writeText(w io.Writer) {
-	for _, l := range r.header() {
-		fmt.Fprintln(w, l)
-	}
-	fmt.Fprintln(w)
-	writeTextTable(w, r.table())
-	fmt.Fprintln(w)
-	writeTextTable(w, r.cpuTable())
-	fmt.Fprintln(w)
-	for _, l := range r.notes() {
-		fmt.Fprintln(w, "- "+l)
-	}
-}
-
-func writeTextTable(w io.Writer, t [][]string) {
-	width := make([]int, len(t[0]))
-	for _, line := range t {
-		for i, c := range line {
-			width[i] = max(width[i], utf8.RuneCountInString(c))
-		}
-	}
-	for li, line := range t {
-		var sb strings.Builder
-		for i, c := range line {
-			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(c))
-			switch {
-			case i == 0 || i == 1:
-				sb.WriteString(c + pad)
-			default:
-				sb.WriteString(pad + c)
-			}
-			if i < len(line)-1 {
-				sb.WriteString("  ")
-			}
-		}
-		fmt.Fprintln(w, strings.TrimRight(sb.String(), " "))
-		if li == 0 {
-			total := len(width)*2 - 2
-			for _, x := range width {
-				total += x
-			}
-			fmt.Fprintln(w, strings.Repeat("-", total))
-		}
-	}
-}
+func (r *report) writeText(w io.Writer) { r.doc().WriteText(w) }
 
 // writeMarkdown writes the report as Markdown, for the README.
-func (r *report) writeMarkdown(w io.Writer) {
-	h := r.header()
-	fmt.Fprintf(w, "### %s\n\n", h[0])
-	for _, l := range h[1:] {
-		fmt.Fprintf(w, "%s  \n", l)
-	}
-	fmt.Fprintln(w)
-	writeMarkdownTable(w, r.table())
-	fmt.Fprintln(w)
-	writeMarkdownTable(w, r.cpuTable())
-	fmt.Fprintln(w)
-	for _, l := range r.notes() {
-		fmt.Fprintln(w, "- "+l)
-	}
-}
+func (r *report) writeMarkdown(w io.Writer) { r.doc().WriteMarkdown(w) }
 
-func writeMarkdownTable(w io.Writer, t [][]string) {
-	for li, line := range t {
-		cells := make([]string, len(line))
-		for i, c := range line {
-			cells[i] = strings.ReplaceAll(c, "|", `\|`)
-		}
-		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
-		if li == 0 {
-			sep := make([]string, len(line))
-			for i := range sep {
-				sep[i] = "---:"
-				if i < 2 {
-					sep[i] = "---"
-				}
-			}
-			fmt.Fprintf(w, "| %s |\n", strings.Join(sep, " | "))
-		}
-	}
+func (r *report) doc() benchkit.Report {
+	return benchkit.Report{Header: r.header(), Tables: [][][]string{r.table(), r.cpuTable()}, Notes: r.notes()}
 }

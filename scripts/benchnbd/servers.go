@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+
+	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
 // serverSpec describes how to run one NBD server under test.
@@ -42,17 +44,7 @@ func (s *serverSpec) lookPath(cfg config) (string, error) {
 		}
 		return p, nil
 	}
-	if cfg.rackboot == "" {
-		return "", fmt.Errorf("no rackboot binary given (-rackboot)")
-	}
-	fi, err := os.Stat(cfg.rackboot)
-	if err != nil {
-		return "", fmt.Errorf("finding rackboot: %w", err)
-	}
-	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("rackboot %s is not an executable file", cfg.rackboot)
-	}
-	return cfg.rackboot, nil
+	return benchkit.RackbootBinary(cfg.rackboot)
 }
 
 // specs returns the server descriptions by name.
