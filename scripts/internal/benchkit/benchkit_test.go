@@ -104,7 +104,7 @@ func TestRatioCells(t *testing.T) {
 		q    float64
 		ok   bool
 		want string
-	}{{1.2, true, "1.20x met"}, {0.996, true, "1.00x met"}, {0.994, true, "0.99x MISSED"}, {0, false, "n/a n/a"}} {
+	}{{1.2, true, "1.20x met"}, {0.996, true, "1.00x met"}, {0.994, true, "0.99x MISSED"}, {0.995, true, "0.99x MISSED"}, {0.9951, true, "1.00x met"}, {0, false, "n/a n/a"}} {
 		if got := strings.Join(RatioCells(tc.q, tc.ok), " "); got != tc.want {
 			t.Errorf("RatioCells(%v, %v) = %q; want %q", tc.q, tc.ok, got, tc.want)
 		}

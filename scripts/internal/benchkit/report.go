@@ -3,8 +3,8 @@ package benchkit
 import (
 	"fmt"
 	"io"
-	"math"
 	"os"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -118,11 +118,12 @@ func RatioCells(q float64, ok bool) []string {
 	if !ok {
 		return []string{"n/a", "n/a"}
 	}
+	shown := fmt.Sprintf("%.2f", q)
 	verdict := "met"
-	if math.Round(q*100) < 100 { // as shown
+	if v, _ := strconv.ParseFloat(shown, 64); v < 1 { // judged as shown
 		verdict = "MISSED"
 	}
-	return []string{fmt.Sprintf("%.2fx", q), verdict}
+	return []string{shown + "x", verdict}
 }
 
 // EscapePipes escapes the vertical bars in s, which would end a Markdown
