@@ -23,22 +23,6 @@ import (
 	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
-func TestParseBytes(t *testing.T) {
-	t.Parallel()
-	tests := map[string]int64{"4096": 4096, "64M": 64 << 20, "1G": 1 << 30, "1GiB": 1 << 30, "16m": 16 << 20, "8KB": 8 << 10}
-	for in, want := range tests {
-		got, err := parseBytes(in)
-		if err != nil || got != want {
-			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "M", "-1", "1.5G", "x"} {
-		if got, err := parseBytes(in); err == nil {
-			t.Errorf("parseBytes(%q) = %d; want an error", in, got)
-		}
-	}
-}
-
 func TestParseConfig(t *testing.T) {
 	t.Parallel()
 	c, err := parseConfig([]string{"-quick", "-servers", "nginx,rackboot,nginx", "-rows", "http,dhcp-1"}, new(bytes.Buffer))

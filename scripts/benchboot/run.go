@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/rackboot/rackboot/scripts/internal/benchkit"
@@ -101,7 +100,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		verbose:     *verbose,
 	}
 	var err error
-	if c.size, err = parseBytes(*size); err != nil {
+	if c.size, err = benchkit.ParseBytes(*size); err != nil {
 		return config{}, fmt.Errorf("parsing -size: %w", err)
 	}
 	switch {
@@ -156,30 +155,6 @@ func parseList(s string, known []string, groups map[string][]string) ([]string, 
 		return nil, errors.New("nothing selected")
 	}
 	return out, nil
-}
-
-// parseBytes parses a size such as 64M, 1G, 1GiB or 4096.
-func parseBytes(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"), "I")
-	mult := int64(1)
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		}
-		if mult > 1 {
-			t = t[:n-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n * mult, nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

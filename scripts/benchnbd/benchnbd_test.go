@@ -16,22 +16,6 @@ import (
 	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
-func TestParseBytes(t *testing.T) {
-	t.Parallel()
-	tests := map[string]int64{"4096": 4096, "256M": 256 << 20, "1G": 1 << 30, "1GiB": 1 << 30, "64m": 64 << 20, "8KB": 8 << 10}
-	for in, want := range tests {
-		got, err := parseBytes(in)
-		if err != nil || got != want {
-			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "M", "-1", "1.5G", "x"} {
-		if got, err := parseBytes(in); err == nil {
-			t.Errorf("parseBytes(%q) = %d; want an error", in, got)
-		}
-	}
-}
-
 func TestParseConfigQuick(t *testing.T) {
 	t.Parallel()
 	c, err := parseConfig([]string{"-quick", "-servers", "nbdkit,rackboot,nbdkit"}, new(bytes.Buffer))

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -92,10 +91,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		c.loopback = 2 * time.Second
 	}
 	var err error
-	if c.size, err = parseBytes(*size); err != nil {
+	if c.size, err = benchkit.ParseBytes(*size); err != nil {
 		return config{}, fmt.Errorf("parsing -size: %w", err)
 	}
-	if c.costBytes, err = parseBytes(*cost); err != nil {
+	if c.costBytes, err = benchkit.ParseBytes(*cost); err != nil {
 		return config{}, fmt.Errorf("parsing -cost: %w", err)
 	}
 	switch {
@@ -124,32 +123,6 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return config{}, errors.New("-servers: no server selected")
 	}
 	return c, nil
-}
-
-// parseBytes parses a size such as 256M, 1G, 1GiB or 4096.
-func parseBytes(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"), "I")
-	mult := int64(1)
-	if n := len(t); n > 0 {
-		switch t[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			t = t[:n-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n * mult, nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -267,3 +267,22 @@ func TestRackbootBinary(t *testing.T) {
 		}
 	}
 }
+
+func TestParseBytes(t *testing.T) {
+	t.Parallel()
+	tests := map[string]int64{
+		"4096": 4096, "64M": 64 << 20, "256M": 256 << 20, "1G": 1 << 30, "1GiB": 1 << 30,
+		"16m": 16 << 20, "8KB": 8 << 10, "2T": 2 << 40,
+	}
+	for in, want := range tests {
+		got, err := ParseBytes(in)
+		if err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "M", "-1", "1.5G", "x"} {
+		if got, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) = %d; want an error", in, got)
+		}
+	}
+}
