@@ -254,13 +254,31 @@ func (s *Store) Open(name string, base Base, spec SessionSpec) (*Session, error)
 
 // lockSession takes the session's flock and checks that the directory
 // wasn't discarded while we waited for it.
+// flockSession takes f's exclusive lock, trying again for a moment while
+// it is held. A flock belongs to the open file description, and a child
+// this process forks (any exec.Command, in any goroutine) shares the
+// descriptions until it execs: a session closed a moment ago can look
+// held by that child for the few milliseconds of a fork. Another process
+// that really holds the session holds it for longer than the retries.
+func flockSession(f *os.File) error {
+	wait := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if !errors.Is(err, unix.EWOULDBLOCK) || wait > 64*time.Millisecond {
+			return err
+		}
+		time.Sleep(wait)
+		wait *= 2
+	}
+}
+
 func lockSession(dir string) (*os.File, error) {
 	path := filepath.Join(dir, lockName)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := flockSession(f); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, ErrSessionBusy
