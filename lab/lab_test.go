@@ -428,6 +428,25 @@ func TestSQLiteLeaseChanges(t *testing.T) {
 		t.Errorf("leases %v, want %v", got, want)
 	}
 
+	// Batches of one change run without an explicit transaction, and
+	// must keep the same rules.
+	for _, c := range []LeaseChange{
+		save(macB, ip2), // takes ip2 over from macA
+		save(macB, ip2), // unchanged
+		{Lease: Lease{MAC: macU}, Delete: true},
+		save(macA, ip1),
+	} {
+		if err := s.UpdateLeases(ctx, []LeaseChange{c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err = s.Leases(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !bytes.Equal(got[0].MAC, macA) || got[0].IP != ip1 || !bytes.Equal(got[1].MAC, macB) || got[1].IP != ip2 {
+		t.Errorf("after single changes, leases %v; want %s on %s and %s on %s", got, macA, ip1, macB, ip2)
+	}
+
 	// Two sightings of one machine in a batch count twice.
 	u := Unknown{MAC: macU, Firmware: "bios", Arch: "0", LastSeen: exp}
 	if err := s.SeenUnknown(ctx, u, u, Unknown{MAC: macB, Firmware: "ipxe", LastSeen: exp}); err != nil {

@@ -254,7 +254,18 @@ func (s *SQLite) prepare(ctx context.Context) error {
 }
 
 // UpdateLeases implements Store.
+//
+// A single change, the usual batch of a DHCP server with one handshake in
+// flight, first runs as one statement in SQLite's own implicit
+// transaction: atomic by itself, and without the cost of BEGIN and COMMIT
+// (a third of the store's time per lease). A save that would take an
+// address another MAC holds breaks the ip column's UNIQUE constraint and
+// changes nothing; it then goes the transactional way, which frees the
+// address first.
 func (s *SQLite) UpdateLeases(ctx context.Context, changes []LeaseChange) error {
+	if len(changes) == 1 && s.updateLease(ctx, changes[0]) == nil {
+		return nil
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -280,6 +291,18 @@ func (s *SQLite) UpdateLeases(ctx context.Context, changes []LeaseChange) error 
 		}
 	}
 	return tx.Commit()
+}
+
+// updateLease applies c in one statement, without freeing its address
+// from another MAC.
+func (s *SQLite) updateLease(ctx context.Context, c LeaseChange) error {
+	l := c.Lease
+	if c.Delete {
+		_, err := s.deleteLease.ExecContext(ctx, l.MAC.String())
+		return err
+	}
+	_, err := s.saveLease.ExecContext(ctx, l.MAC.String(), l.IP.String(), ns(l.Expiry), l.Hostname)
+	return err
 }
 
 // Leases implements Store.
