@@ -109,8 +109,8 @@ func (m *Mode) UnmarshalText(b []byte) error {
 //
 // # Concurrency
 //
-// Each Serve reads packets in one goroutine and handles up to MaxInFlight
-// of them concurrently; the lease table is shared and locked. LeaseFor,
+// Each Serve handles up to MaxInFlight packets concurrently, each in the
+// goroutine that read it; the lease table is shared and locked. LeaseFor,
 // MACFor and ActiveLeases are safe to call at any time.
 //
 // # Shutdown
@@ -486,64 +486,64 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	// Packets go to a pool of workers, started as load needs them (up to
-	// maxInFlight) and kept: a worker's stack, grown once by the store's
-	// deep calls, serves the next packets instead of growing again in a
-	// fresh goroutine per packet.
-	type packet struct {
-		b    []byte
-		peer netip.AddrPort
-	}
-	work := make(chan packet)
-	workers := 0
-	var wg sync.WaitGroup
-	buf := make([]byte, maxDatagram)
-	var serveErr error
-	var backoff time.Duration
-	for {
-		n, from, err := conn.ReadFrom(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			if isTemporary(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				log.Error("reading DHCP packet failed, retrying", "err", err, "dur", backoff)
-				select {
-				case <-time.After(backoff):
-				case <-ctx.Done():
+	// Workers read the socket themselves and answer what they read: no
+	// hand-off between goroutines (and threads) on the way from request
+	// to reply, which with one handshake in flight cost a wake-up per
+	// packet. A worker that takes a packet while no other waits on the
+	// socket starts another first, up to maxInFlight; workers are kept,
+	// so a stack grown once by the store's deep calls serves the next
+	// packets. With every worker busy, the socket's receive buffer queues
+	// the packets: dropping them made clients retransmit a second later.
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		workers  = 1
+		waiting  = 1 // workers reading or about to
+		serveErr error
+	)
+	var worker func()
+	worker = func() {
+		buf := make([]byte, maxDatagram)
+		var backoff time.Duration
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
 				}
-				continue
-			}
-			serveErr = fmt.Errorf("reading DHCP packets: %w", err)
-			break
-		}
-		backoff = 0
-		pk := packet{b: append([]byte(nil), buf[:n]...), peer: addrPortOf(from)}
-		select {
-		case work <- pk: // an idle worker took it
-			continue
-		default:
-		}
-		if workers < s.cfg.maxInFlight {
-			workers++
-			wg.Go(func() {
-				for pk := range work {
-					s.servePacket(ctx, conn, l2, pk.b, pk.peer, p)
+				if isTemporary(err) {
+					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+					log.Error("reading DHCP packet failed, retrying", "err", err, "dur", backoff)
+					select {
+					case <-time.After(backoff):
+					case <-ctx.Done():
+					}
+					continue
 				}
-			})
-		}
-		// With every worker busy, wait for one: the socket's receive
-		// buffer queues the packets meanwhile. Dropping here made
-		// clients retransmit a whole second later.
-		select {
-		case work <- pk:
-		case <-ctx.Done():
-			// The read fails next, on the closed socket.
+				mu.Lock()
+				if serveErr == nil { // the others fail next, on the closed socket
+					serveErr = fmt.Errorf("reading DHCP packets: %w", err)
+				}
+				mu.Unlock()
+				conn.Close()
+				return
+			}
+			backoff = 0
+			mu.Lock()
+			waiting--
+			if waiting == 0 && workers < s.cfg.maxInFlight {
+				workers++
+				waiting++
+				wg.Go(worker)
+			}
+			mu.Unlock()
+			s.servePacket(ctx, conn, l2, append([]byte(nil), buf[:n]...), addrPortOf(from), p)
+			mu.Lock()
+			waiting++
+			mu.Unlock()
 		}
 	}
-	conn.Close()
-	close(work)
+	wg.Go(worker)
 	wg.Wait()
 	return serveErr
 }
@@ -592,7 +592,6 @@ type Reply struct {
 // send delivers a reply: at layer 2 when the route says so and a packet
 // socket is available, else through conn.
 func (s *Server) send(conn net.PacketConn, l2 *rawConn, r *reply) {
-	log := s.logger().With("mac", r.pkt.ClientHWAddr.String(), "xid", r.pkt.TransactionID.String())
 	b := r.pkt.ToBytes()
 	deadline := time.Now().Add(s.cfg.writeTimeout)
 	dst := r.dst
@@ -601,22 +600,33 @@ func (s *Server) send(conn net.PacketConn, l2 *rawConn, r *reply) {
 			src := netip.AddrPortFrom(s.cfg.serverIP, ServerPort)
 			err := l2.writeTo(appendIPv4UDP(nil, src, dst, b), r.hw, deadline)
 			if err == nil {
-				log.Debug("sent reply", "type", r.pkt.MessageType().String(), "peer", dst.String(), "ip", r.pkt.YourIPAddr.String())
+				s.logReply(slog.LevelDebug, "sent reply", r, "peer", dst, "ip", r.pkt.YourIPAddr)
 				return
 			}
-			log.Warn("layer 2 unicast failed, broadcasting", "err", err)
+			s.logReply(slog.LevelWarn, "layer 2 unicast failed, broadcasting", r, "err", err)
 		}
 		// Without a packet socket we can't address a client that has no
 		// IP yet; RFC 2131 section 4.1 lets the server broadcast then.
 		dst = broadcastClient
 	}
 	if err := conn.SetWriteDeadline(deadline); err != nil {
-		log.Error("setting write deadline failed", "err", err)
+		s.logReply(slog.LevelError, "setting write deadline failed", r, "err", err)
 		return
 	}
 	if _, err := conn.WriteTo(b, net.UDPAddrFromAddrPort(dst)); err != nil {
-		log.Error("sending reply failed", "peer", dst.String(), "err", err)
+		s.logReply(slog.LevelError, "sending reply failed", r, "peer", dst, "err", err)
 		return
 	}
-	log.Debug("sent reply", "type", r.pkt.MessageType().String(), "peer", dst.String(), "ip", r.pkt.YourIPAddr.String())
+	s.logReply(slog.LevelDebug, "sent reply", r, "peer", dst, "ip", r.pkt.YourIPAddr)
+}
+
+// logReply logs msg about reply r, if the logger takes that level: the
+// reply's attributes cost more to format than sending it.
+func (s *Server) logReply(level slog.Level, msg string, r *reply, args ...any) {
+	log := s.logger()
+	if !log.Enabled(context.Background(), level) {
+		return
+	}
+	args = append([]any{"mac", r.pkt.ClientHWAddr.String(), "xid", r.pkt.TransactionID.String(), "type", r.pkt.MessageType().String()}, args...)
+	log.Log(context.Background(), level, msg, args...)
 }
