@@ -1071,7 +1071,36 @@ func (g *gateStore) UpdateLeases(ctx context.Context, changes []LeaseChange) err
 	if err := <-g.gate; err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil { // as SQLite's interrupt does
+		return err
+	}
 	return g.memStore.UpdateLeases(ctx, changes)
+}
+
+// TestLeaseJournalOutlivesWriter: the handler that writes a batch may give
+// up (its packet's deadline) while the write is under way; the batch
+// carries the others' changes too and is still written.
+func TestLeaseJournalOutlivesWriter(t *testing.T) {
+	g := &gateStore{entered: make(chan []LeaseChange), gate: make(chan error)}
+	var j leaseJournal
+	ctx, cancel := context.WithCancel(t.Context())
+	b := j.add(LeaseChange{Lease: Lease{MAC: macN(1), IP: netip.MustParseAddr("10.0.0.101")}})
+	writer := make(chan error, 1)
+	go func() { writer <- j.wait(ctx, g, b) }()
+	<-g.entered
+	other := make(chan error, 1)
+	go func() { other <- j.wait(t.Context(), g, b) }()
+	cancel()
+	g.gate <- nil
+	if err := <-writer; err != nil {
+		t.Errorf("writer: %v, want the batch written", err)
+	}
+	if err := <-other; err != nil {
+		t.Errorf("other waiter: %v, want the batch written", err)
+	}
+	if _, ok := g.leases[macN(1).String()]; !ok {
+		t.Error("the lease is not in the store")
+	}
 }
 
 // TestLeaseJournalGroupCommit: changes queued while a write is under way

@@ -98,7 +98,11 @@ func (j *leaseJournal) wait(ctx context.Context, store LeaseStore, b *leaseBatch
 		cur := j.open
 		j.open, j.writing = nil, true
 		j.mu.Unlock()
-		err := store.UpdateLeases(ctx, cur.changes)
+		// Without ctx's deadline: the batch carries other handlers'
+		// changes, which one handler giving up must not fail (the store
+		// bounds its own waits). And a context that can't end spares
+		// the SQLite driver a watcher goroutine per statement.
+		err := store.UpdateLeases(context.WithoutCancel(ctx), cur.changes)
 		j.mu.Lock()
 		cur.done, cur.err, j.writing = true, err, false
 		j.cond.Broadcast()
