@@ -486,30 +486,17 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	// Workers read the socket themselves and answer what they read: no
-	// hand-off between goroutines (and threads) on the way from request
-	// to reply, which with one handshake in flight cost a wake-up per
-	// packet. A worker that takes a packet while no other waits on the
-	// socket starts another first, up to maxInFlight; workers are kept,
-	// so a stack grown once by the store's deep calls serves the next
-	// packets. With every worker busy, the socket's receive buffer queues
-	// the packets: dropping them made clients retransmit a second later.
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		workers  = 1
-		waiting  = 1 // workers reading or about to
-		serveErr error
-	)
-	var worker func()
-	worker = func() {
-		buf := make([]byte, maxDatagram)
-		var backoff time.Duration
+	var serveErr error
+	buf := make([]byte, maxDatagram) // only the reading worker uses it
+	var backoff time.Duration
+	queued := queuedFunc(conn)
+	rd := &readers{max: s.cfg.maxInFlight}
+	rd.read = func(released func(bool)) bool {
 		for {
 			n, from, err := conn.ReadFrom(buf)
 			if err != nil {
 				if ctx.Err() != nil {
-					return
+					return false
 				}
 				if isTemporary(err) {
 					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
@@ -520,31 +507,17 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 					}
 					continue
 				}
-				mu.Lock()
-				if serveErr == nil { // the others fail next, on the closed socket
-					serveErr = fmt.Errorf("reading DHCP packets: %w", err)
-				}
-				mu.Unlock()
-				conn.Close()
-				return
+				serveErr = fmt.Errorf("reading DHCP packets: %w", err)
+				return false
 			}
 			backoff = 0
-			mu.Lock()
-			waiting--
-			if waiting == 0 && workers < s.cfg.maxInFlight {
-				workers++
-				waiting++
-				wg.Go(worker)
-			}
-			mu.Unlock()
-			s.servePacket(ctx, conn, l2, append([]byte(nil), buf[:n]...), addrPortOf(from), p)
-			mu.Lock()
-			waiting++
-			mu.Unlock()
+			pkt := append([]byte(nil), buf[:n]...)
+			released(queued())
+			s.servePacket(ctx, conn, l2, pkt, addrPortOf(from), p)
+			return true
 		}
 	}
-	wg.Go(worker)
-	wg.Wait()
+	rd.run()
 	return serveErr
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -145,6 +146,32 @@ func enableBroadcast(conn net.PacketConn) {
 	rc.Control(func(fd uintptr) {
 		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1)
 	})
+}
+
+// queuedFunc returns a function that reports whether a datagram is
+// waiting to be read on conn (SIOCINQ), or true if it can't tell.
+func queuedFunc(conn net.PacketConn) func() bool {
+	always := func() bool { return true }
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return always
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return always
+	}
+	return func() bool {
+		var n int32
+		var errno syscall.Errno
+		if err := rc.Control(func(fd uintptr) {
+			// A raw call: the ioctl never blocks, and the scheduler's
+			// system-call path costs more than it does.
+			_, _, errno = unix.RawSyscall(unix.SYS_IOCTL, fd, unix.SIOCINQ, uintptr(unsafe.Pointer(&n)))
+		}); err != nil || errno != 0 {
+			return true
+		}
+		return n > 0
+	}
 }
 
 // bindToDevice returns a net.ListenConfig Control function that binds

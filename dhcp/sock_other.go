@@ -37,6 +37,9 @@ func listenUDP(ctx context.Context, iface string, port int) (*net.UDPConn, error
 
 func enableBroadcast(net.PacketConn) {}
 
+// queuedFunc can't tell whether datagrams are queued: it always says so.
+func queuedFunc(net.PacketConn) func() bool { return func() bool { return true } }
+
 func bindToDevice(iface string) func(network, address string, c syscall.RawConn) error {
 	return func(string, string, syscall.RawConn) error {
 		if iface != "" {
