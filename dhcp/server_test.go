@@ -111,6 +111,50 @@ func TestServeShutdown(t *testing.T) {
 	}
 }
 
+// stuckBooter blocks on the client stuck until its context is done, and
+// boots the others.
+type stuckBooter struct {
+	stuck   string
+	entered chan struct{}
+}
+
+func (b stuckBooter) Boot(ctx context.Context, c Client) (Boot, error) {
+	if c.MAC.String() == b.stuck {
+		close(b.entered)
+		<-ctx.Done()
+		return Boot{}, ctx.Err()
+	}
+	return Boot{BootFile: "snp.efi"}, nil
+}
+
+// TestServeStuckPacket: a packet whose handling hangs (a store or Booter
+// that doesn't answer) doesn't stop the server reading and answering the
+// others, though no other packet was queued when it was read.
+func TestServeStuckPacket(t *testing.T) {
+	t.Parallel()
+	b := stuckBooter{stuck: macN(1).String(), entered: make(chan struct{})}
+	s := &Server{ServerIP: netip.MustParseAddr("127.0.0.1"), Booter: b, Logger: testLogger(t), HandleTimeout: time.Minute}
+	addr := serveLoopback(t, s.ServePXE)
+	client, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	pxe := map[uint8][]byte{60: []byte("PXEClient:Arch:00007:UNDI:003016"), 93: {0, 7}}
+	stuck := request(dhcpv4.MessageTypeRequest, macN(1), pxe)
+	if _, err := client.WriteTo(stuck.ToBytes(), net.UDPAddrFromAddrPort(addr)); err != nil {
+		t.Fatal(err)
+	}
+	<-b.entered
+	for i := 2; i <= 4; i++ {
+		req := request(dhcpv4.MessageTypeRequest, macN(i), pxe)
+		req.ClientIPAddr = net.IP{127, 0, 0, 1}
+		if replies := exchange(t, client, req, net.UDPAddrFromAddrPort(addr), 1, 5*time.Second); len(replies) != 1 {
+			t.Fatalf("client %d: no reply while another packet is stuck", i)
+		}
+	}
+}
+
 // TestServeConfigError: Serve reports an invalid configuration and closes
 // its conn.
 func TestServeConfigError(t *testing.T) {
