@@ -76,7 +76,7 @@ bench-compare: ## benchstat: `make bench` at REF (default HEAD) against the work
 	COUNT=$(if $(filter command line,$(origin COUNT)),$(COUNT),6) BENCHTIME=$(BENCHTIME) scripts/bench-compare.sh $(REF)
 
 .PHONY: bench-nbd
-bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for a short run)
+bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for a short run, REPORT=FILE)
 	scripts/apt-ensure.sh $(BENCH_NBD_PKGS)
 	scripts/bench-nbd.sh
 
@@ -110,12 +110,12 @@ boot-tree: ## collect pxelinux, ldlinux.c32 and iPXE from Debian packages into o
 	scripts/boot-tree.sh $(BOOT_TREE)
 
 .PHONY: bench-boot
-bench-boot: ## rackboot DHCP/TFTP/HTTP vs dnsmasq, Kea, tftpd-hpa and nginx (QUICK=1, OUT=FILE)
+bench-boot: ## rackboot DHCP/TFTP/HTTP vs dnsmasq, Kea, tftpd-hpa and nginx (QUICK=1, REPORT=FILE)
 	scripts/apt-ensure.sh dnsmasq-base kea-dhcp4-server tftpd-hpa nginx curl iproute2
 	scripts/bench-boot.sh
 
 .PHONY: bench-e2e
-bench-e2e: build ## boot one QEMU board from rackboot and from dnsmasq+nbd-server, power-on to root mounted (N=3, OUT=FILE)
+bench-e2e: build ## boot one QEMU board from rackboot and from dnsmasq+nbd-server, power-on to root mounted (N=3, REPORT=FILE)
 	scripts/bench-e2e.sh
 
 .PHONY: clean

@@ -44,7 +44,8 @@ const (
 	// ProbeInterval is the retransmission interval of the probe's DISCOVER.
 	ProbeInterval = time.Second
 	// DefaultMaxInFlight bounds the packets handled at once per Serve;
-	// packets arriving beyond it are dropped (DHCP clients retransmit).
+	// packets arriving beyond it wait in the socket's receive buffer (and
+	// are lost if it overflows: DHCP clients retransmit).
 	DefaultMaxInFlight = 64
 	// DefaultHandleTimeout bounds the handling of one packet, including
 	// the Booter and LeaseStore calls it makes.

@@ -5,7 +5,7 @@
 # Installs the Debian packages it needs if they are missing, builds
 # ./cmd/rackboot into a temporary directory and runs the benchmark.
 # QUICK=1 adds -quick (16 MiB file, one round, 1000 DHCP handshakes);
-# OUT=FILE adds -out FILE (the table as Markdown, for the README).
+# REPORT=FILE adds -out FILE (the table as Markdown, for the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +18,5 @@ go build -trimpath -ldflags "-X main.version=$version" -o "$tmp/rackboot" ./cmd/
 
 flags=(-rackboot "$tmp/rackboot")
 [[ "${QUICK:-}" == 1 ]] && flags+=(-quick)
-[[ -n "${OUT:-}" ]] && flags+=(-out "$OUT")
+[[ -n "${REPORT:-}" ]] && flags+=(-out "$REPORT")
 go run ./scripts/benchboot "${flags[@]}" "$@"

@@ -6,7 +6,7 @@
 # Needs root: everything runs in network namespaces the benchmark creates.
 # Installs the Debian packages it needs if they are missing and runs
 # `make rack` if its artifacts are missing.
-# N=5 adds -n 5 (boots per path, default 3); OUT=FILE adds -out FILE (the
+# N=5 adds -n 5 (boots per path, default 3); REPORT=FILE adds -out FILE (the
 # results as Markdown, for the README).
 #
 # busybox-static is not installed: it conflicts with Debian's busybox,
@@ -31,5 +31,5 @@ compgen -G 'out/cache/amd64/kernel/lib/modules/*/modules.dep' >/dev/null || make
 
 flags=()
 [[ -n "${N:-}" ]] && flags+=(-n "$N")
-[[ -n "${OUT:-}" ]] && flags+=(-out "$OUT")
+[[ -n "${REPORT:-}" ]] && flags+=(-out "$REPORT")
 exec go run ./scripts/benche2e "${flags[@]}" "$@"
