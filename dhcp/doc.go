@@ -59,7 +59,9 @@
 // # Concurrency and sockets
 //
 // A Server reads its sockets itself (not with insomniacslk's server4,
-// which spawns a goroutine per packet): one reader per socket, at most
+// which spawns a goroutine per packet): one worker at a time reads a
+// socket and answers what it read itself, handing the socket to a spare
+// worker first only when more packets wait or its answer stalls; at most
 // MaxInFlight packets handled at once, every handling bounded by
 // HandleTimeout and every write by WriteTimeout. ListenAndServe opens all
 // its sockets in the calling goroutine before serving, so tests can run
