@@ -195,8 +195,12 @@ func (h *host) serve(t *testing.T, srv *Server) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := h.goDo(func() error { return srv.ListenAndServe(ctx) })
+	ended := false
 	t.Cleanup(func() {
 		cancel()
+		if ended {
+			return
+		}
 		if err := <-done; err != nil {
 			t.Errorf("ListenAndServe: %v", err)
 		}
@@ -206,7 +210,8 @@ func (h *host) serve(t *testing.T, srv *Server) {
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-done:
-			t.Fatalf("ListenAndServe: %v", err)
+			ended = true
+			t.Fatalf("ListenAndServe returned before serving: %v", err)
 		default:
 		}
 		bound := false
@@ -220,12 +225,19 @@ func (h *host) serve(t *testing.T, srv *Server) {
 }
 
 // udpPortBound reports whether a UDP socket is bound to port in the
-// current namespace, by trying to bind it.
+// calling thread's namespace, from its UDP socket table.
 func udpPortBound(port int) bool {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	// Read the thread's own namespace's table: binding a probe socket
+	// instead would make the server's bind fail when the two race.
+	b, err := os.ReadFile("/proc/thread-self/net/udp")
 	if err != nil {
 		return false
 	}
-	defer unix.Close(fd)
-	return unix.Bind(fd, &unix.SockaddrInet4{Port: port}) == unix.EADDRINUSE
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasSuffix(f[1], suffix) {
+			return true
+		}
+	}
+	return false
 }
