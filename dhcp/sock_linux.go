@@ -160,18 +160,31 @@ func queuedFunc(conn net.PacketConn) func() bool {
 	if err != nil {
 		return always
 	}
-	return func() bool {
-		var n int32
-		var errno syscall.Errno
-		if err := rc.Control(func(fd uintptr) {
-			// A raw call: the ioctl never blocks, and the scheduler's
-			// system-call path costs more than it does.
-			_, _, errno = unix.RawSyscall(unix.SYS_IOCTL, fd, unix.SIOCINQ, uintptr(unsafe.Pointer(&n)))
-		}); err != nil || errno != 0 {
-			return true
-		}
-		return n > 0
+	// One reader at a time calls it: the call's state is kept, so that
+	// asking costs no allocation.
+	q := &inq{rc: rc}
+	q.ioctl = func(fd uintptr) {
+		// A raw call: the ioctl never blocks, and the scheduler's
+		// system-call path costs more than it does.
+		_, _, q.errno = unix.RawSyscall(unix.SYS_IOCTL, fd, unix.SIOCINQ, uintptr(unsafe.Pointer(&q.n)))
 	}
+	return q.queued
+}
+
+// inq asks a socket how many bytes wait to be read (for UDP: the size of
+// the first datagram).
+type inq struct {
+	rc    syscall.RawConn
+	ioctl func(fd uintptr)
+	n     int32 // SIOCINQ's int
+	errno syscall.Errno
+}
+
+func (q *inq) queued() bool {
+	if err := q.rc.Control(q.ioctl); err != nil || q.errno != 0 {
+		return true
+	}
+	return q.n > 0
 }
 
 // bindToDevice returns a net.ListenConfig Control function that binds

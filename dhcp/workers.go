@@ -8,11 +8,13 @@ import (
 // watchPeriod is how often the watcher checks that the socket is being
 // read. A packet that arrives while the reader answers another without
 // having handed the socket over waits at most two periods, plus the time
-// to wake a worker, to be read. DHCP clients retransmit after seconds.
+// to wake a worker, to be read; with every worker busy, until the first
+// is done. DHCP clients retransmit after seconds.
 const watchPeriod = 5 * time.Millisecond
 
-// watchIdle is how many periods the watcher keeps ticking after the
-// socket was last left unread, before it parks until next time.
+// watchIdle is how many quiet periods (no packet read) the watcher ticks
+// through before it parks until the next packet. It doesn't park while
+// the socket is left unread.
 const watchIdle = 100
 
 // readers runs the workers of one socket. One worker at a time reads the
@@ -28,9 +30,11 @@ const watchIdle = 100
 // dropping them made clients retransmit a whole second later.
 type readers struct {
 	max int
-	// read reads and serves one packet; false ends the worker. It calls
-	// released once it no longer reads the socket, with whether more
-	// packets are queued on it.
+	// read reads and serves one packet. Once it has the packet, before
+	// answering it, it calls released exactly once, with whether more
+	// packets are queued on the socket, and then returns true. If the
+	// reading fails for good (the socket is done) it returns false
+	// without calling released, and every worker ends.
 	read func(released func(queued bool)) bool
 
 	wg   sync.WaitGroup
@@ -41,7 +45,7 @@ type readers struct {
 
 	mu       sync.Mutex
 	reading  bool   // a worker reads, or is woken or started to
-	left     uint64 // times the socket was left unread
+	left     uint64 // packets read (each leaves the socket unread a while)
 	watching bool   // the watcher ticks
 	workers  int
 }
@@ -52,7 +56,7 @@ func (r *readers) run() {
 	r.wake = make(chan struct{})
 	r.kick = make(chan struct{}, 1)
 	r.stop = make(chan struct{})
-	r.reading, r.workers = true, 1
+	r.reading, r.workers, r.watching = true, 1, true
 	r.wg.Go(r.watch)
 	r.wg.Go(r.work)
 	r.wg.Wait()
@@ -120,6 +124,10 @@ func (r *readers) watch() {
 			r.watching = false
 		}
 		seen = r.left
+		if stuck {
+			quiet = 0 // don't park with the socket unread
+			r.watching = true
+		}
 		parked := !r.watching
 		r.mu.Unlock()
 		if stuck {
@@ -144,6 +152,11 @@ func (r *readers) handOff() {
 	defer r.mu.Unlock()
 	if r.reading {
 		return
+	}
+	select {
+	case <-r.stop: // the socket is done
+		return
+	default:
 	}
 	select {
 	case r.wake <- struct{}{}:
