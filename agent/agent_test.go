@@ -24,20 +24,20 @@ import (
 	"github.com/rackboot/rackboot/nbd"
 )
 
-// appliance records reports like web's POST /api/v1/report.
+// appliance records reports like web's POST /api/v1/report. While code is
+// set it answers that instead, and records the step as refused.
 type appliance struct {
-	mu    sync.Mutex
-	steps []report.Step
-	code  atomic.Int32 // answer; 0 means 204
+	mu      sync.Mutex
+	steps   []report.Step
+	refused []report.Step
+	code    atomic.Int32 // answer; 0 means 204
+	// got counts the steps taken, refusals those refused.
+	got, refusals events
 }
 
 func (a *appliance) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/api/v1/report" || r.Header.Get("Authorization") != "Bearer tok" {
 		http.Error(w, "no", http.StatusNotFound)
-		return
-	}
-	if c := a.code.Load(); c != 0 {
-		http.Error(w, "no", int(c))
 		return
 	}
 	dec := json.NewDecoder(r.Body)
@@ -47,37 +47,50 @@ func (a *appliance) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if c := a.code.Load(); c != 0 {
+		a.mu.Lock()
+		a.refused = append(a.refused, s)
+		a.mu.Unlock()
+		a.refusals.add()
+		http.Error(w, "no", int(c))
+		return
+	}
 	a.mu.Lock()
 	a.steps = append(a.steps, s)
 	a.mu.Unlock()
+	a.got.add()
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (a *appliance) names() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+func names(steps []report.Step) []string {
 	var out []string
-	for _, s := range a.steps {
+	for _, s := range steps {
 		out = append(out, s.Name)
 	}
 	return out
 }
 
+func (a *appliance) names() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return names(a.steps)
+}
+
+// waitFor waits until the appliance has taken n steps and returns them
+// all.
 func (a *appliance) waitFor(t *testing.T, n int) []report.Step {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		a.mu.Lock()
-		if len(a.steps) >= n {
-			out := append([]report.Step(nil), a.steps...)
-			a.mu.Unlock()
-			return out
-		}
-		a.mu.Unlock()
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("appliance got %v; want %d reports", a.names(), n)
-	return nil
+	a.got.wait(t, n, "reports taken")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]report.Step(nil), a.steps...)
+}
+
+// refusedSteps returns the steps refused so far.
+func (a *appliance) refusedSteps() []report.Step {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]report.Step(nil), a.refused...)
 }
 
 func startAgent(t *testing.T, a *Agent) {
@@ -107,10 +120,10 @@ func TestReadyAfterBuildMountThenHeartbeats(t *testing.T) {
 		Mounted:   func(p string) bool { return p == DefaultBuildMount && mountedNow.Load() },
 	}
 	startAgent(t, a)
-	time.Sleep(100 * time.Millisecond)
-	before := app.names()
-	if slices.Contains(before, StepReady) || len(before) == 0 {
-		t.Fatalf("reports before /build is mounted: %v; want heartbeats only", before)
+	// Ready, were it sent, would go before any heartbeat.
+	before := app.waitFor(t, 2)
+	if slices.Contains(names(before), StepReady) {
+		t.Fatalf("reports before /build is mounted: %v; want heartbeats only", names(before))
 	}
 	mountedNow.Store(true)
 	var steps []report.Step
@@ -141,30 +154,50 @@ func TestReportsSurviveAnAbsentAppliance(t *testing.T) {
 	app.code.Store(http.StatusServiceUnavailable)
 	srv := httptest.NewServer(app)
 	defer srv.Close()
-	k, fk, _, _ := newKeeper(t)
+	k, fk, _, reconnected := newKeeper(t)
+	// Each detail says which one it is (ready's is the first), so that a
+	// heartbeat tells when it was made.
+	var details events
 	a := &Agent{
 		Identity:  identity.Identity{Board: "b1", Token: "tok", Appliance: srv.URL},
-		Heartbeat: 200 * time.Millisecond,
+		Heartbeat: 20 * time.Millisecond,
 		Keeper:    k,
 		Logger:    slog.New(slog.NewTextHandler(t.Output(), nil)),
-		Describe:  func() Facts { return Facts{Board: "b1"} },
+		Describe:  func() Facts { return Facts{Board: "b1", Uptime: time.Duration(details.add())} },
 	}
 	startAgent(t, a)
+	app.refusals.wait(t, 1, "reports refused") // ready is queued: the reconnect goes after it
 	fk.started(t)
 	fk.kill(true)
-	time.Sleep(1500 * time.Millisecond) // several heartbeats, retries of ready
+	awaitReconnect(t, reconnected)
+	details.wait(t, 4, "details made") // ready's and 3 heartbeats
+	app.refusals.wait(t, 2, "reports refused")
+	made := details.count()
 	app.code.Store(0)
-	steps := app.waitFor(t, 3)
-	got := app.names()
-	if got[0] != StepReady || got[1] != StepReconnect || got[2] != StepHeartbeat {
-		t.Errorf("reports = %v; want ready, nbd_reconnect, then heartbeats", got)
+	steps := app.waitFor(t, 4)
+	if got, want := names(steps[:4]), []string{StepReady, StepReconnect, StepHeartbeat, StepHeartbeat}; !slices.Equal(got, want) {
+		t.Fatalf("reports = %v; want %v first", app.names(), want)
+	}
+	if got := names(app.refusedSteps()); slices.ContainsFunc(got, func(n string) bool { return n != StepReady }) {
+		t.Errorf("refused reports = %v; want ready only (nothing goes before it)", got)
 	}
 	if steps[1].Duration <= 0 || !strings.Contains(string(steps[1].Detail), `"attempts":1`) {
 		t.Errorf("reconnect report = %+v (detail %s); want its duration and attempts", steps[1], steps[1].Detail)
 	}
-	time.Sleep(100 * time.Millisecond)
-	if n := len(app.names()); n > 4 {
-		t.Errorf("%d reports right after the appliance came back: heartbeats piled up: %v", n, app.names())
+	var first, next Facts
+	if err := json.Unmarshal(steps[2].Detail, &first); err != nil {
+		t.Fatalf("heartbeat detail %s: %v", steps[2].Detail, err)
+	}
+	if err := json.Unmarshal(steps[3].Detail, &next); err != nil {
+		t.Fatalf("heartbeat detail %s: %v", steps[3].Detail, err)
+	}
+	// The latest heartbeat goes, not the oldest kept. The one made last may
+	// still have been on its way into the outbox, hence made-1.
+	if n := int(first.Uptime); n < made-1 {
+		t.Errorf("first heartbeat after the appliance came back is detail %d of %d made: heartbeats piled up", n, made)
+	}
+	if next.Uptime <= first.Uptime {
+		t.Errorf("heartbeat detail %d came after %d: heartbeats piled up", next.Uptime, first.Uptime)
 	}
 }
 
@@ -175,21 +208,16 @@ func TestRefusedReportsAreDropped(t *testing.T) {
 	app.code.Store(http.StatusForbidden)
 	srv := httptest.NewServer(app)
 	defer srv.Close()
-	var posts atomic.Int32
-	c := &report.Client{URL: srv.URL + "/api/v1/report", Token: "tok"}
 	a := &Agent{
 		Identity:  identity.Identity{Board: "b1", Token: "tok", Appliance: srv.URL},
-		Heartbeat: time.Hour,
+		Heartbeat: 20 * time.Millisecond,
 		Describe:  func() Facts { return Facts{} },
-		Report: func(ctx context.Context, s report.Step) error {
-			posts.Add(1)
-			return c.Post(ctx, s)
-		},
 	}
 	startAgent(t, a)
-	time.Sleep(300 * time.Millisecond)
-	if n := posts.Load(); n != 1 {
-		t.Errorf("%d posts; want 1 (ready, refused once)", n)
+	// A ready that is retried goes before any heartbeat.
+	app.refusals.wait(t, 3, "reports refused")
+	if got, want := names(app.refusedSteps()[:3]), []string{StepReady, StepHeartbeat, StepHeartbeat}; !slices.Equal(got, want) {
+		t.Errorf("posts = %v; want %v: ready refused once, then the heartbeats", got, want)
 	}
 }
 
@@ -215,16 +243,19 @@ func TestParseConfig(t *testing.T) {
 }
 
 // blockedWriter blocks until released, like a journald stuck on the root.
+// It counts its writes, for tests to wait on.
 type blockedWriter struct {
 	release chan struct{}
 	mu      sync.Mutex
 	buf     bytes.Buffer
+	writes  events
 }
 
 func (b *blockedWriter) Write(p []byte) (int, error) {
 	<-b.release
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer b.writes.add()
 	return b.buf.Write(p)
 }
 
@@ -233,16 +264,27 @@ func TestDropWriterNeverBlocks(t *testing.T) {
 	bw := &blockedWriter{release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(t.Context())
 	d := newDropWriter(ctx, bw)
-	start := time.Now()
-	for range 10 * logQueue {
-		d.Write([]byte("line\n"))
-	}
-	if el := time.Since(start); el > time.Second {
-		t.Errorf("writing to a blocked log took %v", el)
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for range 10 * logQueue {
+			d.Write([]byte("line\n"))
+		}
+	}()
+	select {
+	case <-wrote:
+	case <-time.After(within):
+		t.Fatalf("writing to a blocked log did not return in %v", within)
 	}
 	close(bw.release)
-	for len(d.lines) > 0 {
-		time.Sleep(time.Millisecond)
+	// Wait for room in the queue, or the next line is dropped too: while
+	// lines are queued, another write is coming.
+	for {
+		n := bw.writes.count()
+		if len(d.lines) == 0 {
+			break
+		}
+		bw.writes.wait(t, n+1, "writes to the released log")
 	}
 	d.Write([]byte("after\n"))
 	cancel()

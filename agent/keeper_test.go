@@ -6,7 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,16 +45,118 @@ func dialTCP(t *testing.T, addr string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
+// within bounds every wait for an event. It is a deadline for a failure,
+// not a pace: a passing test never waits it out.
+const within = 10 * time.Second
+
+// events counts occurrences of something a fake observes (a dial, a look
+// at the TCP table) and lets a test wait for the nth. Its zero value is
+// ready; it is safe for concurrent use.
+type events struct {
+	mu   sync.Mutex
+	n    int
+	next chan struct{} // closed at the next occurrence; nil if nobody waits
+}
+
+// add records an occurrence and returns how many there have been.
+func (e *events) add() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.n++
+	if e.next != nil {
+		close(e.next)
+		e.next = nil
+	}
+	return e.n
+}
+
+func (e *events) count() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n
+}
+
+// wait returns once there have been at least n occurrences, and fails the
+// test (naming them what) if that takes longer than within.
+func (e *events) wait(t *testing.T, n int, what string) {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		e.mu.Lock()
+		if e.n >= n {
+			e.mu.Unlock()
+			return
+		}
+		if e.next == nil {
+			e.next = make(chan struct{})
+		}
+		next := e.next
+		e.mu.Unlock()
+		select {
+		case <-next:
+		case <-deadline:
+			t.Fatalf("%s: %d times in %v; want %d", what, e.count(), within, n)
+		}
+	}
+}
+
+// logEvents is a slog.Handler that counts messages, so that a test can wait
+// for a decision that calls no seam and that the Keeper only logs (giving
+// up on the TCP table, starting a reconnect). Records go on to next as
+// well.
+type logEvents struct {
+	next slog.Handler
+	mu   *sync.Mutex
+	msgs map[string]*events
+}
+
+func newLogEvents(t *testing.T) logEvents {
+	return logEvents{next: slog.NewTextHandler(t.Output(), nil), mu: new(sync.Mutex), msgs: map[string]*events{}}
+}
+
+// of returns the counter of msg.
+func (l logEvents) of(msg string) *events {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.msgs[msg]
+	if e == nil {
+		e = new(events)
+		l.msgs[msg] = e
+	}
+	return e
+}
+
+func (l logEvents) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l logEvents) Handle(ctx context.Context, r slog.Record) error {
+	l.of(r.Message).add()
+	if !l.next.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return l.next.Handle(ctx, r)
+}
+
+func (l logEvents) WithAttrs(as []slog.Attr) slog.Handler {
+	l.next = l.next.WithAttrs(as)
+	return l
+}
+
+func (l logEvents) WithGroup(name string) slog.Handler {
+	l.next = l.next.WithGroup(name)
+	return l
+}
+
 // fakeKernel stands for the driver: it holds the device's socket (by its
 // local address), answers Reconfigure like nbd_genl_reconfigure (a new
 // socket replaces a dead one; with no dead socket it is dropped and the
-// call still succeeds) and notifies dead links.
+// call still succeeds) and notifies dead links. It counts the calls it
+// gets, for tests to wait on.
 type fakeKernel struct {
-	mu     sync.Mutex
-	local  netip.AddrPort // the device's socket; invalid when dead
-	dead   chan int
-	reconf int
-	checks int
+	mu    sync.Mutex
+	local netip.AddrPort // the device's socket; invalid when dead
+	dead  chan int
+	// reconfs counts Reconfigure calls, checks calls to Established.
+	reconfs, checks events
 }
 
 func (f *fakeKernel) Next(ctx context.Context) (int, error) {
@@ -80,7 +185,7 @@ func (f *fakeKernel) kill(notify bool) {
 func (f *fakeKernel) Reconfigure(_ context.Context, index int, conn *net.TCPConn) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.reconf++
+	defer f.reconfs.add()
 	if index != 0 {
 		return errors.New("no such device")
 	}
@@ -93,26 +198,18 @@ func (f *fakeKernel) Reconfigure(_ context.Context, index int, conn *net.TCPConn
 func (f *fakeKernel) Established(netip.AddrPort) ([]netip.AddrPort, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.checks++
+	defer f.checks.add()
 	if !f.local.IsValid() {
 		return nil, nil
 	}
 	return []netip.AddrPort{f.local}, nil
 }
 
-// started waits for the Keeper's first look at the TCP table.
+// started waits for the Keeper's first look at the TCP table: by then it
+// listens for notifications.
 func (f *fakeKernel) started(t *testing.T) {
 	t.Helper()
-	for range 500 {
-		f.mu.Lock()
-		n := f.checks
-		f.mu.Unlock()
-		if n > 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("the Keeper never looked at the TCP table")
+	f.checks.wait(t, 1, "the Keeper looked at the TCP table")
 }
 
 func (f *fakeKernel) connected() bool {
@@ -121,18 +218,23 @@ func (f *fakeKernel) connected() bool {
 	return f.local.IsValid()
 }
 
-// server is a stand-in appliance: dials fail while it is down.
+func (f *fakeKernel) reconfigured() int { return f.reconfs.count() }
+
+// server is a stand-in appliance: dials fail while it is down. It counts
+// dials, for tests to wait on.
 type server struct {
-	mu   sync.Mutex
-	down bool
-	addr string
-	size int64
+	mu    sync.Mutex
+	down  bool
+	addr  string
+	size  int64
+	dials events
 }
 
 func (s *server) Dial(ctx context.Context, addr, export string) (*net.TCPConn, nbd.ExportDetails, error) {
 	s.mu.Lock()
 	down, size := s.down, s.size
 	s.mu.Unlock()
+	defer s.dials.add()
 	if down {
 		return nil, nbd.ExportDetails{}, errors.New("connection refused")
 	}
@@ -167,6 +269,28 @@ func newKeeper(t *testing.T) (*Keeper, *fakeKernel, *server, chan Reconnect) {
 	return k, fk, srv, got
 }
 
+// awaitReconnect returns the next reconnect reported on got.
+func awaitReconnect(t *testing.T, got <-chan Reconnect) Reconnect {
+	t.Helper()
+	select {
+	case r := <-got:
+		return r
+	case <-time.After(within):
+		t.Fatal("no reconnect")
+		return Reconnect{}
+	}
+}
+
+// noReconnect fails the test if a reconnect was reported on got.
+func noReconnect(t *testing.T, got <-chan Reconnect, why string) {
+	t.Helper()
+	select {
+	case r := <-got:
+		t.Errorf("reconnect %+v reported %s", r, why)
+	default:
+	}
+}
+
 func runKeeper(t *testing.T, k *Keeper) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
@@ -184,23 +308,28 @@ func TestKeeperReconnectsAfterNotification(t *testing.T) {
 	t.Parallel()
 	k, fk, srv, got := newKeeper(t)
 	runKeeper(t, k)
+	fk.started(t)
 	srv.set(true, 1<<20)
 	fk.kill(true)
-	time.Sleep(100 * time.Millisecond) // a few failed attempts
+	srv.dials.wait(t, 1, "dials to the server that is down")
+	firstTry := time.Now()
+	srv.dials.wait(t, 3, "dials to the server that is down")
 	if fk.connected() {
 		t.Fatal("reconnected while the server was down")
 	}
 	if st := k.Status(); st.Connected {
 		t.Errorf("Status while down = %+v; want Connected false", st)
 	}
+	up := time.Now()
 	srv.set(false, 1<<20)
-	select {
-	case r := <-got:
-		if r.Attempts < 2 || r.LastErr != "connection refused" || r.Down < 100*time.Millisecond {
-			t.Errorf("Reconnect = %+v; want several attempts, the server's error, at least 100ms down", r)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no reconnect")
+	r := awaitReconnect(t, got)
+	// Every dial was part of this reconnect: the link was up until the
+	// notification, and the poll interval is an hour.
+	if dials := srv.dials.count(); r.Attempts != dials || r.Attempts < 4 || r.LastErr != "connection refused" {
+		t.Errorf("Reconnect = %+v; want %d attempts (3 or more refused, then one that worked), the server's error", r, dials)
+	}
+	if outage := up.Sub(firstTry); r.Down < outage {
+		t.Errorf("Reconnect.Down = %v; want at least %v, from a failed dial to the server coming back", r.Down, outage)
 	}
 	if !fk.connected() {
 		t.Error("the kernel has no socket after the reconnect")
@@ -220,31 +349,52 @@ func TestKeeperPollFindsDeadConnection(t *testing.T) {
 	runKeeper(t, k)
 	fk.started(t)
 	fk.kill(false)
-	select {
-	case <-got:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no reconnect")
-	}
+	awaitReconnect(t, got)
 }
 
 // A notification for a link that is alive (another device, or one already
 // replaced) costs nothing; a socket the kernel doesn't need is not counted.
 func TestKeeperIgnoresLiveLink(t *testing.T) {
 	t.Parallel()
-	k, fk, _, got := newKeeper(t)
+	k, fk, srv, got := newKeeper(t)
+	var hide atomic.Bool // the next look at the TCP table misses the connection
+	k.Established = func(remote netip.AddrPort) ([]netip.AddrPort, error) {
+		// Decided before fk counts the look, which the test waits on.
+		hidden := hide.CompareAndSwap(true, false)
+		locals, err := fk.Established(remote)
+		if hidden {
+			return nil, nil
+		}
+		return locals, err
+	}
 	runKeeper(t, k)
 	fk.dead <- 3 // another device
 	fk.dead <- 0 // ours, but alive
-	time.Sleep(100 * time.Millisecond)
-	select {
-	case r := <-got:
-		t.Errorf("reconnect %+v of a live link", r)
-	default:
+	// One look at start, one for the notification. The Keeper handles one
+	// notification at a time, so the next one's look, below, shows this one
+	// was dealt with.
+	fk.checks.wait(t, 2, "looks at the TCP table")
+
+	// A notification while the table misses the connection (a replaced
+	// link's late notification racing the table) makes the Keeper offer a
+	// socket, which the kernel drops.
+	hide.Store(true)
+	fk.dead <- 0
+	fk.checks.wait(t, 3, "looks at the TCP table")
+	// Sent once the previous notification is being handled, so that the
+	// two aren't merged: its look comes after that handling ends.
+	fk.dead <- 0
+	fk.checks.wait(t, 5, "looks at the TCP table") // 4 is the reconnect's own
+
+	if n := srv.dials.count(); n != 1 {
+		t.Errorf("%d dials; want 1, for the notification the table couldn't confirm", n)
 	}
-	fk.mu.Lock()
-	defer fk.mu.Unlock()
-	if fk.reconf != 0 {
-		t.Errorf("%d reconfigures of a live link; want 0", fk.reconf)
+	if n := fk.reconfigured(); n != 1 {
+		t.Errorf("%d reconfigures; want 1, for the notification the table couldn't confirm", n)
+	}
+	noReconnect(t, got, "for a live link")
+	if st := k.Status(); !st.Connected || st.Reconnects != 0 {
+		t.Errorf("Status = %+v; want connected, 0 reconnects", st)
 	}
 }
 
@@ -253,20 +403,20 @@ func TestKeeperRefusesOtherSize(t *testing.T) {
 	t.Parallel()
 	k, fk, srv, got := newKeeper(t)
 	runKeeper(t, k)
+	fk.started(t)
 	srv.set(false, 2<<20)
 	fk.kill(true)
-	time.Sleep(100 * time.Millisecond)
-	fk.mu.Lock()
-	n := fk.reconf
-	fk.mu.Unlock()
-	if n != 0 {
+	srv.dials.wait(t, 3, "dials") // the first two attempts are over
+	if n := fk.reconfigured(); n != 0 {
 		t.Fatalf("%d reconfigures with an export of another size", n)
 	}
 	srv.set(false, 1<<20)
-	select {
-	case <-got:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no reconnect once the size is right")
+	r := awaitReconnect(t, got)
+	if !strings.Contains(r.LastErr, strconv.Itoa(2<<20)+" bytes") {
+		t.Errorf("Reconnect.LastErr = %q; want the size refused", r.LastErr)
+	}
+	if n := fk.reconfigured(); n != 1 {
+		t.Errorf("%d reconfigures; want 1, once the size is right", n)
 	}
 }
 
@@ -277,11 +427,7 @@ func TestKeeperReconnectsDeadLinkAtStart(t *testing.T) {
 	k, fk, _, got := newKeeper(t)
 	fk.kill(false)
 	runKeeper(t, k)
-	select {
-	case <-got:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no reconnect")
-	}
+	awaitReconnect(t, got)
 }
 
 // A TCP table that can't see the connection (another network namespace)
@@ -291,25 +437,25 @@ func TestKeeperBlindTCPTable(t *testing.T) {
 	t.Parallel()
 	k, fk, _, got := newKeeper(t)
 	k.Established = func(netip.AddrPort) ([]netip.AddrPort, error) { return nil, nil }
+	logs := newLogEvents(t)
+	k.Logger = slog.New(logs)
+	reconnecting := logs.of("root connection dead; reconnecting")
 	runKeeper(t, k)
-	time.Sleep(300 * time.Millisecond)
-	fk.mu.Lock()
-	n := fk.reconf
-	fk.mu.Unlock()
-	if n != unseenLimit {
+	logs.of("the TCP table doesn't show the root's connection; relying on dead-link notifications only").wait(t, 1, "giving up on the TCP table")
+	if n := fk.reconfigured(); n != unseenLimit {
 		t.Errorf("%d reconfigures with a blind TCP table; want %d", n, unseenLimit)
 	}
 	// Notifications still work.
 	fk.kill(true)
-	time.Sleep(300 * time.Millisecond)
+	reconnecting.wait(t, 2, "reconnects")
+	// Sent once the reconnect above has begun, so the two notifications
+	// aren't merged: this one's reconnect starts when that one has ended.
+	fk.dead <- 0
+	reconnecting.wait(t, 3, "reconnects (the one before never ended)")
 	if !fk.connected() {
 		t.Error("no reconnect after a notification")
 	}
-	select {
-	case r := <-got:
-		t.Errorf("reconnect %+v reported although the table could not confirm it", r)
-	default:
-	}
+	noReconnect(t, got, "although the table could not confirm it")
 }
 
 // With neither notifications nor a TCP table that shows the connection,
