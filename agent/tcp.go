@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 )
 
@@ -41,7 +42,12 @@ func establishedTo(proc string, remote netip.AddrPort) ([]netip.AddrPort, error)
 		}
 		for _, c := range conns {
 			if c.State == tcpEstablished && netip.AddrPortFrom(c.Remote.Addr().Unmap(), c.Remote.Port()) == remote {
-				out = append(out, netip.AddrPortFrom(c.Local.Addr().Unmap(), c.Local.Port()))
+				// The kernel prints the table a chunk per read, walking
+				// it afresh each time: a socket can show up twice when
+				// connections come and go meanwhile.
+				if l := netip.AddrPortFrom(c.Local.Addr().Unmap(), c.Local.Port()); !slices.Contains(out, l) {
+					out = append(out, l)
+				}
 			}
 		}
 	}

@@ -55,7 +55,10 @@ func TestEstablishedTo(t *testing.T) {
 	t.Parallel()
 	proc := t.TempDir()
 	os.MkdirAll(filepath.Join(proc, "net"), 0o755)
-	os.WriteFile(filepath.Join(proc, "net/tcp"), []byte(tcpTable), 0o644)
+	// The kernel may print a socket twice when the table changes while
+	// it is read; here the established one comes again.
+	again := "   3: 0A00630A:C350 0100630A:2A41 01 00000000:00000000 00:00000000 00000000     0        0 1234 1 0000000000000000 20 4 30 10 -1\n"
+	os.WriteFile(filepath.Join(proc, "net/tcp"), []byte(tcpTable+again), 0o644)
 	os.WriteFile(filepath.Join(proc, "net/tcp6"), []byte(tcp6Table), 0o644)
 	got, err := establishedTo(proc, netip.MustParseAddrPort("10.99.0.1:10817"))
 	if err != nil {
