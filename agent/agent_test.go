@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/rackboot/rackboot/initramfs/identity"
 	"github.com/rackboot/rackboot/initramfs/report"
+	"github.com/rackboot/rackboot/internal/eventtest"
 	"github.com/rackboot/rackboot/nbd"
 )
 
@@ -32,7 +33,7 @@ type appliance struct {
 	refused []report.Step
 	code    atomic.Int32 // answer; 0 means 204
 	// got counts the steps taken, refusals those refused.
-	got, refusals events
+	got, refusals eventtest.Counter
 }
 
 func (a *appliance) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -51,14 +52,14 @@ func (a *appliance) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		a.refused = append(a.refused, s)
 		a.mu.Unlock()
-		a.refusals.add()
+		a.refusals.Add()
 		http.Error(w, "no", int(c))
 		return
 	}
 	a.mu.Lock()
 	a.steps = append(a.steps, s)
 	a.mu.Unlock()
-	a.got.add()
+	a.got.Add()
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -80,7 +81,7 @@ func (a *appliance) names() []string {
 // all.
 func (a *appliance) waitFor(t *testing.T, n int) []report.Step {
 	t.Helper()
-	a.got.wait(t, n, "reports taken")
+	a.got.Wait(t, n, "reports taken")
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return append([]report.Step(nil), a.steps...)
@@ -157,22 +158,22 @@ func TestReportsSurviveAnAbsentAppliance(t *testing.T) {
 	k, fk, _, reconnected := newKeeper(t)
 	// Each detail says which one it is (ready's is the first), so that a
 	// heartbeat tells when it was made.
-	var details events
+	var details eventtest.Counter
 	a := &Agent{
 		Identity:  identity.Identity{Board: "b1", Token: "tok", Appliance: srv.URL},
 		Heartbeat: 20 * time.Millisecond,
 		Keeper:    k,
 		Logger:    slog.New(slog.NewTextHandler(t.Output(), nil)),
-		Describe:  func() Facts { return Facts{Board: "b1", Uptime: time.Duration(details.add())} },
+		Describe:  func() Facts { return Facts{Board: "b1", Uptime: time.Duration(details.Add())} },
 	}
 	startAgent(t, a)
-	app.refusals.wait(t, 1, "reports refused") // ready is queued: the reconnect goes after it
+	app.refusals.Wait(t, 1, "reports refused") // ready is queued: the reconnect goes after it
 	fk.started(t)
 	fk.kill(true)
 	awaitReconnect(t, reconnected)
-	details.wait(t, 4, "details made") // ready's and 3 heartbeats
-	app.refusals.wait(t, 2, "reports refused")
-	made := details.count()
+	details.Wait(t, 4, "details made") // ready's and 3 heartbeats
+	app.refusals.Wait(t, 2, "reports refused")
+	made := details.Count()
 	app.code.Store(0)
 	steps := app.waitFor(t, 4)
 	if got, want := names(steps[:4]), []string{StepReady, StepReconnect, StepHeartbeat, StepHeartbeat}; !slices.Equal(got, want) {
@@ -215,7 +216,7 @@ func TestRefusedReportsAreDropped(t *testing.T) {
 	}
 	startAgent(t, a)
 	// A ready that is retried goes before any heartbeat.
-	app.refusals.wait(t, 3, "reports refused")
+	app.refusals.Wait(t, 3, "reports refused")
 	if got, want := names(app.refusedSteps()[:3]), []string{StepReady, StepHeartbeat, StepHeartbeat}; !slices.Equal(got, want) {
 		t.Errorf("posts = %v; want %v: ready refused once, then the heartbeats", got, want)
 	}
@@ -248,14 +249,14 @@ type blockedWriter struct {
 	release chan struct{}
 	mu      sync.Mutex
 	buf     bytes.Buffer
-	writes  events
+	writes  eventtest.Counter
 }
 
 func (b *blockedWriter) Write(p []byte) (int, error) {
 	<-b.release
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	defer b.writes.add()
+	defer b.writes.Add()
 	return b.buf.Write(p)
 }
 
@@ -273,18 +274,18 @@ func TestDropWriterNeverBlocks(t *testing.T) {
 	}()
 	select {
 	case <-wrote:
-	case <-time.After(within):
-		t.Fatalf("writing to a blocked log did not return in %v", within)
+	case <-time.After(eventtest.Within):
+		t.Fatalf("writing to a blocked log did not return in %v", eventtest.Within)
 	}
 	close(bw.release)
 	// Wait for room in the queue, or the next line is dropped too: while
 	// lines are queued, another write is coming.
 	for {
-		n := bw.writes.count()
+		n := bw.writes.Count()
 		if len(d.lines) == 0 {
 			break
 		}
-		bw.writes.wait(t, n+1, "writes to the released log")
+		bw.writes.Wait(t, n+1, "writes to the released log")
 	}
 	d.Write([]byte("after\n"))
 	cancel()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rackboot/rackboot/internal/eventtest"
 	"github.com/rackboot/rackboot/nbd"
 	"github.com/rackboot/rackboot/nbd/kernel"
 )
@@ -45,107 +46,6 @@ func dialTCP(t *testing.T, addr string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
-// within bounds every wait for an event. It is a deadline for a failure,
-// not a pace: a passing test never waits it out.
-const within = 10 * time.Second
-
-// events counts occurrences of something a fake observes (a dial, a look
-// at the TCP table) and lets a test wait for the nth. Its zero value is
-// ready; it is safe for concurrent use.
-type events struct {
-	mu   sync.Mutex
-	n    int
-	next chan struct{} // closed at the next occurrence; nil if nobody waits
-}
-
-// add records an occurrence and returns how many there have been.
-func (e *events) add() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.n++
-	if e.next != nil {
-		close(e.next)
-		e.next = nil
-	}
-	return e.n
-}
-
-func (e *events) count() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.n
-}
-
-// wait returns once there have been at least n occurrences, and fails the
-// test (naming them what) if that takes longer than within.
-func (e *events) wait(t *testing.T, n int, what string) {
-	t.Helper()
-	deadline := time.After(within)
-	for {
-		e.mu.Lock()
-		if e.n >= n {
-			e.mu.Unlock()
-			return
-		}
-		if e.next == nil {
-			e.next = make(chan struct{})
-		}
-		next := e.next
-		e.mu.Unlock()
-		select {
-		case <-next:
-		case <-deadline:
-			t.Fatalf("%s: %d times in %v; want %d", what, e.count(), within, n)
-		}
-	}
-}
-
-// logEvents is a slog.Handler that counts messages, so that a test can wait
-// for a decision that calls no seam and that the Keeper only logs (giving
-// up on the TCP table, starting a reconnect). Records go on to next as
-// well.
-type logEvents struct {
-	next slog.Handler
-	mu   *sync.Mutex
-	msgs map[string]*events
-}
-
-func newLogEvents(t *testing.T) logEvents {
-	return logEvents{next: slog.NewTextHandler(t.Output(), nil), mu: new(sync.Mutex), msgs: map[string]*events{}}
-}
-
-// of returns the counter of msg.
-func (l logEvents) of(msg string) *events {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.msgs[msg]
-	if e == nil {
-		e = new(events)
-		l.msgs[msg] = e
-	}
-	return e
-}
-
-func (l logEvents) Enabled(context.Context, slog.Level) bool { return true }
-
-func (l logEvents) Handle(ctx context.Context, r slog.Record) error {
-	l.of(r.Message).add()
-	if !l.next.Enabled(ctx, r.Level) {
-		return nil
-	}
-	return l.next.Handle(ctx, r)
-}
-
-func (l logEvents) WithAttrs(as []slog.Attr) slog.Handler {
-	l.next = l.next.WithAttrs(as)
-	return l
-}
-
-func (l logEvents) WithGroup(name string) slog.Handler {
-	l.next = l.next.WithGroup(name)
-	return l
-}
-
 // fakeKernel stands for the driver: it holds the device's socket (by its
 // local address), answers Reconfigure like nbd_genl_reconfigure (a new
 // socket replaces a dead one; with no dead socket it is dropped and the
@@ -156,7 +56,7 @@ type fakeKernel struct {
 	local netip.AddrPort // the device's socket; invalid when dead
 	dead  chan int
 	// reconfs counts Reconfigure calls, checks calls to Established.
-	reconfs, checks events
+	reconfs, checks eventtest.Counter
 }
 
 func (f *fakeKernel) Next(ctx context.Context) (int, error) {
@@ -185,7 +85,7 @@ func (f *fakeKernel) kill(notify bool) {
 func (f *fakeKernel) Reconfigure(_ context.Context, index int, conn *net.TCPConn) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	defer f.reconfs.add()
+	defer f.reconfs.Add()
 	if index != 0 {
 		return errors.New("no such device")
 	}
@@ -198,7 +98,7 @@ func (f *fakeKernel) Reconfigure(_ context.Context, index int, conn *net.TCPConn
 func (f *fakeKernel) Established(netip.AddrPort) ([]netip.AddrPort, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	defer f.checks.add()
+	defer f.checks.Add()
 	if !f.local.IsValid() {
 		return nil, nil
 	}
@@ -209,7 +109,7 @@ func (f *fakeKernel) Established(netip.AddrPort) ([]netip.AddrPort, error) {
 // listens for notifications.
 func (f *fakeKernel) started(t *testing.T) {
 	t.Helper()
-	f.checks.wait(t, 1, "the Keeper looked at the TCP table")
+	f.checks.Wait(t, 1, "the Keeper looked at the TCP table")
 }
 
 func (f *fakeKernel) connected() bool {
@@ -218,7 +118,7 @@ func (f *fakeKernel) connected() bool {
 	return f.local.IsValid()
 }
 
-func (f *fakeKernel) reconfigured() int { return f.reconfs.count() }
+func (f *fakeKernel) reconfigured() int { return f.reconfs.Count() }
 
 // server is a stand-in appliance: dials fail while it is down. It counts
 // dials, for tests to wait on.
@@ -227,14 +127,14 @@ type server struct {
 	down  bool
 	addr  string
 	size  int64
-	dials events
+	dials eventtest.Counter
 }
 
 func (s *server) Dial(ctx context.Context, addr, export string) (*net.TCPConn, nbd.ExportDetails, error) {
 	s.mu.Lock()
 	down, size := s.down, s.size
 	s.mu.Unlock()
-	defer s.dials.add()
+	defer s.dials.Add()
 	if down {
 		return nil, nbd.ExportDetails{}, errors.New("connection refused")
 	}
@@ -275,7 +175,7 @@ func awaitReconnect(t *testing.T, got <-chan Reconnect) Reconnect {
 	select {
 	case r := <-got:
 		return r
-	case <-time.After(within):
+	case <-time.After(eventtest.Within):
 		t.Fatal("no reconnect")
 		return Reconnect{}
 	}
@@ -311,9 +211,9 @@ func TestKeeperReconnectsAfterNotification(t *testing.T) {
 	fk.started(t)
 	srv.set(true, 1<<20)
 	fk.kill(true)
-	srv.dials.wait(t, 1, "dials to the server that is down")
+	srv.dials.Wait(t, 1, "dials to the server that is down")
 	firstTry := time.Now()
-	srv.dials.wait(t, 3, "dials to the server that is down")
+	srv.dials.Wait(t, 3, "dials to the server that is down")
 	if fk.connected() {
 		t.Fatal("reconnected while the server was down")
 	}
@@ -325,7 +225,7 @@ func TestKeeperReconnectsAfterNotification(t *testing.T) {
 	r := awaitReconnect(t, got)
 	// Every dial was part of this reconnect: the link was up until the
 	// notification, and the poll interval is an hour.
-	if dials := srv.dials.count(); r.Attempts != dials || r.Attempts < 4 || r.LastErr != "connection refused" {
+	if dials := srv.dials.Count(); r.Attempts != dials || r.Attempts < 4 || r.LastErr != "connection refused" {
 		t.Errorf("Reconnect = %+v; want %d attempts (3 or more refused, then one that worked), the server's error", r, dials)
 	}
 	if outage := up.Sub(firstTry); r.Down < outage {
@@ -373,20 +273,20 @@ func TestKeeperIgnoresLiveLink(t *testing.T) {
 	// One look at start, one for the notification. The Keeper handles one
 	// notification at a time, so the next one's look, below, shows this one
 	// was dealt with.
-	fk.checks.wait(t, 2, "looks at the TCP table")
+	fk.checks.Wait(t, 2, "looks at the TCP table")
 
 	// A notification while the table misses the connection (a replaced
 	// link's late notification racing the table) makes the Keeper offer a
 	// socket, which the kernel drops.
 	hide.Store(true)
 	fk.dead <- 0
-	fk.checks.wait(t, 3, "looks at the TCP table")
+	fk.checks.Wait(t, 3, "looks at the TCP table")
 	// Sent once the previous notification is being handled, so that the
 	// two aren't merged: its look comes after that handling ends.
 	fk.dead <- 0
-	fk.checks.wait(t, 5, "looks at the TCP table") // 4 is the reconnect's own
+	fk.checks.Wait(t, 5, "looks at the TCP table") // 4 is the reconnect's own
 
-	if n := srv.dials.count(); n != 1 {
+	if n := srv.dials.Count(); n != 1 {
 		t.Errorf("%d dials; want 1, for the notification the table couldn't confirm", n)
 	}
 	if n := fk.reconfigured(); n != 1 {
@@ -406,7 +306,7 @@ func TestKeeperRefusesOtherSize(t *testing.T) {
 	fk.started(t)
 	srv.set(false, 2<<20)
 	fk.kill(true)
-	srv.dials.wait(t, 3, "dials") // the first two attempts are over
+	srv.dials.Wait(t, 3, "dials") // the first two attempts are over
 	if n := fk.reconfigured(); n != 0 {
 		t.Fatalf("%d reconfigures with an export of another size", n)
 	}
@@ -437,21 +337,21 @@ func TestKeeperBlindTCPTable(t *testing.T) {
 	t.Parallel()
 	k, fk, _, got := newKeeper(t)
 	k.Established = func(netip.AddrPort) ([]netip.AddrPort, error) { return nil, nil }
-	logs := newLogEvents(t)
+	logs := eventtest.NewLogCounter(slog.NewTextHandler(t.Output(), nil))
 	k.Logger = slog.New(logs)
-	reconnecting := logs.of("root connection dead; reconnecting")
+	reconnecting := logs.Of("root connection dead; reconnecting")
 	runKeeper(t, k)
-	logs.of("the TCP table doesn't show the root's connection; relying on dead-link notifications only").wait(t, 1, "giving up on the TCP table")
+	logs.Of("the TCP table doesn't show the root's connection; relying on dead-link notifications only").Wait(t, 1, "giving up on the TCP table")
 	if n := fk.reconfigured(); n != unseenLimit {
 		t.Errorf("%d reconfigures with a blind TCP table; want %d", n, unseenLimit)
 	}
 	// Notifications still work.
 	fk.kill(true)
-	reconnecting.wait(t, 2, "reconnects")
+	reconnecting.Wait(t, 2, "reconnects")
 	// Sent once the reconnect above has begun, so the two notifications
 	// aren't merged: this one's reconnect starts when that one has ended.
 	fk.dead <- 0
-	reconnecting.wait(t, 3, "reconnects (the one before never ended)")
+	reconnecting.Wait(t, 3, "reconnects (the one before never ended)")
 	if !fk.connected() {
 		t.Error("no reconnect after a notification")
 	}
