@@ -22,6 +22,8 @@ import (
 	"time"
 
 	pin "github.com/pin/tftp/v3"
+
+	"github.com/rackboot/rackboot/internal/eventtest"
 )
 
 // testData returns n deterministic pseudo-random bytes.
@@ -138,6 +140,18 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// notifyWriter is w that closes first at the first write.
+type notifyWriter struct {
+	w     io.Writer
+	first chan struct{}
+	once  sync.Once
+}
+
+func (n *notifyWriter) Write(p []byte) (int, error) {
+	n.once.Do(func() { close(n.first) })
+	return n.w.Write(p)
 }
 
 func fetchInto(w io.Writer, addr, name string, blksize int) (int64, error) {
@@ -309,6 +323,32 @@ func (r *rawClient) recv(timeout time.Duration) ([]byte, *net.UDPAddr) {
 		r.t.Fatal(err)
 	}
 	return b[:n], from
+}
+
+// queued reports whether a packet waits on the client's socket, without
+// waiting for one.
+func (r *rawClient) queued() bool {
+	r.t.Helper()
+	rc, err := r.c.SyscallConn()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.c.SetReadDeadline(time.Time{})
+	var peekErr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, peekErr = syscall.Recvfrom(int(fd), make([]byte, 1), syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if errors.Is(peekErr, syscall.EAGAIN) {
+		return false
+	}
+	if peekErr != nil {
+		r.t.Fatal(peekErr)
+	}
+	return true
 }
 
 // answers reports whether a server answers at addr.
@@ -552,17 +592,14 @@ func TestConcurrentTransfers(t *testing.T) {
 }
 
 // blockingHandler serves "slow" only once release is closed, and counts
-// the calls.
+// the calls in opened as they begin.
 type blockingHandler struct {
 	release chan struct{}
-	mu      sync.Mutex
-	calls   int
+	opened  eventtest.Counter
 }
 
 func (h *blockingHandler) open(ctx context.Context, path string, _ netip.AddrPort) (io.ReadCloser, int64, error) {
-	h.mu.Lock()
-	h.calls++
-	h.mu.Unlock()
+	h.opened.Add()
 	select {
 	case <-h.release:
 	case <-ctx.Done():
@@ -571,42 +608,87 @@ func (h *blockingHandler) open(ctx context.Context, path string, _ netip.AddrPor
 	return io.NopCloser(bytes.NewReader(testData(100000, 1))), 100000, nil
 }
 
+// dropped waits until the server logs that it dropped a request (drops
+// reaching n), and fails the test if the request reaches h instead (its
+// calls reaching calls).
+func dropped(t *testing.T, drops *eventtest.Counter, n int, h *blockingHandler, calls int) {
+	t.Helper()
+	select {
+	case <-drops.Reached(n):
+	case <-h.opened.Reached(calls):
+		t.Fatalf("request reached the Handler (%d calls); want it dropped", calls)
+	case <-time.After(eventtest.Within):
+		t.Fatalf("request neither dropped nor served in %v", eventtest.Within)
+	}
+}
+
+// resend sends req from c until the server takes it, that is until h has
+// been called calls times, and again each time the server logs that it
+// dropped it (counted by drops). It is a client retransmitting, with the
+// server's decision in place of the client's timer. A passing test needs
+// one or two sends; a broken server fails it after 1000 drops rather than
+// flooding the log until within.
+func resend(t *testing.T, c *rawClient, req []byte, h *blockingHandler, calls int, drops *eventtest.Counter) {
+	t.Helper()
+	deadline := time.After(eventtest.Within)
+	for tries := 1; ; tries++ {
+		n := drops.Count()
+		c.send(req, c.server)
+		select {
+		case <-h.opened.Reached(calls):
+			return
+		case <-drops.Reached(n + 1):
+			if tries == 1000 {
+				t.Fatalf("request dropped %d times in a row; want it served", tries)
+			}
+		case <-deadline:
+			t.Fatalf("request not served in %v: dropped %d times", eventtest.Within, drops.Count())
+		}
+	}
+}
+
 // TestDuplicateRequest checks that a retransmitted request does not start
 // a second transfer while the first runs, and does once it is over.
 func TestDuplicateRequest(t *testing.T) {
 	t.Parallel()
 	h := &blockingHandler{release: make(chan struct{})}
+	logs := eventtest.NewLogCounter(testLogger(t).Handler())
+	dups := logs.Of("duplicate request dropped")
 	reports := make(chan Transfer, 10)
-	addr := startServer(t, &Server{Handler: h.open, Timeout: 100 * time.Millisecond, OnTransfer: func(tr Transfer) { reports <- tr }})
+	addr := startServer(t, &Server{
+		Handler:    h.open,
+		Logger:     slog.New(logs),
+		Timeout:    100 * time.Millisecond,
+		OnTransfer: func(tr Transfer) { reports <- tr },
+	})
 	c := dialRaw(t, addr)
 	req := rrq("slow", "octet", "blksize", "1468", "tsize", "0")
 	c.send(req, c.server)
-	time.Sleep(50 * time.Millisecond)
+	h.opened.Wait(t, 1, "Handler calls")
 	c.send(req, c.server) // the client's RRQ timer fired
-	time.Sleep(50 * time.Millisecond)
+	dropped(t, dups, 1, h, 2)
 	close(h.release)
 	pkt, from := c.recv(5 * time.Second)
 	if opcode(pkt) != opOACK {
 		t.Fatalf("got % x; want OACK", pkt)
 	}
-	// Only retransmissions of that OACK may follow, from the same port.
-	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
-		if p, f := c.recv(time.Until(end)); p != nil && f.Port != from.Port {
-			t.Fatalf("got % x from %v after the OACK from %v; want one transfer only", p[:min(len(p), 8)], f, from)
-		}
-	}
-	h.mu.Lock()
-	calls := h.calls
-	h.mu.Unlock()
-	if calls != 1 {
-		t.Errorf("Handler called %d times; want 1", calls)
-	}
 	c.send(appendError(nil, 0, "bye"), from)
-	<-reports
-	// The same request again, now the first is over: a new transfer.
-	// (pin/tftp answers the client's ERROR with one of its own, and
-	// retransmitted OACKs may be queued: skip what the old port sent.)
-	c.send(req, c.server)
+	select {
+	case <-reports:
+	case <-time.After(eventtest.Within):
+		t.Fatal("transfer not reported after the client's ERROR")
+	}
+	// Every transfer calls the Handler first: one call, one transfer.
+	if n := h.opened.Count(); n != 1 {
+		t.Errorf("Handler called %d times while the transfer ran; want 1", n)
+	}
+	// The same request again, now the first is over: a new transfer. The
+	// server forgets the first request just after reporting it, so this
+	// one may still be dropped as a duplicate: it goes again, as the
+	// client would retransmit it, until the Handler is called.
+	resend(t, c, req, h, 2, dups)
+	// pin/tftp answers the client's ERROR with one of its own, and
+	// retransmitted OACKs may be queued: skip what the old port sent.
 	for {
 		pkt, f := c.recv(5 * time.Second)
 		if f != nil && f.Port == from.Port {
@@ -615,6 +697,7 @@ func TestDuplicateRequest(t *testing.T) {
 		if opcode(pkt) != opOACK {
 			t.Fatalf("got % x from %v; want OACK for a new transfer", pkt, f)
 		}
+		c.send(appendError(nil, 0, "bye"), f) // rather than time out in the drain
 		break
 	}
 }
@@ -624,13 +707,25 @@ func TestDuplicateRequest(t *testing.T) {
 func TestMaxConcurrent(t *testing.T) {
 	t.Parallel()
 	h := &blockingHandler{release: make(chan struct{})}
-	addr := startServer(t, &Server{Handler: h.open, MaxConcurrent: 1, Timeout: 100 * time.Millisecond})
+	logs := eventtest.NewLogCounter(testLogger(t).Handler())
+	drops := logs.Of("too many transfers, request dropped")
+	reports := make(chan Transfer, 10)
+	addr := startServer(t, &Server{
+		Handler:       h.open,
+		Logger:        slog.New(logs),
+		MaxConcurrent: 1,
+		Timeout:       100 * time.Millisecond,
+		OnTransfer:    func(tr Transfer) { reports <- tr },
+	})
 	first := dialRaw(t, addr)
 	first.send(rrq("slow", "octet"), first.server)
-	time.Sleep(50 * time.Millisecond)
+	h.opened.Wait(t, 1, "Handler calls") // the first holds the slot
 	second := dialRaw(t, addr)
 	second.send(rrq("slow", "octet"), second.server)
-	if pkt, _ := second.recv(200 * time.Millisecond); pkt != nil {
+	dropped(t, drops, 1, h, 2)
+	// A refusal would have been sent before the drop was logged.
+	if second.queued() {
+		pkt, _ := second.recv(time.Second)
 		t.Fatalf("over the limit: got % x; want no answer", pkt[:min(8, len(pkt))])
 	}
 	close(h.release)
@@ -639,17 +734,19 @@ func TestMaxConcurrent(t *testing.T) {
 		t.Fatalf("first: got % x; want DATA", pkt[:min(8, len(pkt))])
 	}
 	first.send(appendError(nil, 0, "enough"), from)
-	// The second client retries and gets served.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		second.send(rrq("slow", "octet"), second.server)
-		if pkt, _ := second.recv(100 * time.Millisecond); opcode(pkt) == opDATA {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("second client never served")
-		}
+	select {
+	case <-reports:
+	case <-time.After(eventtest.Within):
+		t.Fatal("first transfer not reported after the client's ERROR")
 	}
+	// The second client retries and gets served. The slot frees just
+	// after the report, so a retry may still be dropped.
+	resend(t, second, rrq("slow", "octet"), h, 2, drops)
+	pkt, from = second.recv(5 * time.Second)
+	if opcode(pkt) != opDATA {
+		t.Fatalf("second: got % x; want DATA", pkt[:min(8, len(pkt))])
+	}
+	second.send(appendError(nil, 0, "enough"), from) // rather than time out in the drain
 }
 
 // TestShutdown checks the drain: a transfer that keeps up finishes, one
@@ -706,16 +803,25 @@ func testShutdown(t *testing.T, window uint) {
 	slowFrom := start(slow)
 	start(gone) // and never heard from again
 
-	// A transfer that finishes within the drain.
+	// A transfer that finishes within the drain, shut down once its first
+	// block has arrived.
 	quick := make(chan error, 1)
+	started := make(chan struct{})
 	go func() {
-		got, _, err := fetch(addr, "f65464", 512)
-		if err == nil && !bytes.Equal(got, files["f65464"]) {
+		var got bytes.Buffer
+		_, err := fetchInto(&notifyWriter{w: &got, first: started}, addr, "f65464", 512)
+		if err == nil && !bytes.Equal(got.Bytes(), files["f65464"]) {
 			err = errors.New("wrong data")
 		}
 		quick <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-started:
+	case err := <-quick:
+		t.Fatalf("transfer before shutdown: %v; want it running", err)
+	case <-time.After(eventtest.Within):
+		t.Fatal("transfer before shutdown not started")
+	}
 	cancel()
 	stopped := time.Now()
 
