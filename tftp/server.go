@@ -561,6 +561,11 @@ func (sv *serving) end(t *transfer, n int64, err error) {
 	} else if t.rc != nil {
 		sv.log.Info("transfer failed", "peer", t.peer.String(), "file", t.path, "bytes", n, "dur", dur, "err", err)
 	}
+	// The transfer is over: the same request again starts a new one, even
+	// while OnTransfer runs. Its slot is freed only after that.
+	sv.mu.Lock()
+	delete(sv.inflight, t.key)
+	sv.mu.Unlock()
 	if sv.s.OnTransfer != nil {
 		size := t.size
 		if t.rc == nil {
@@ -576,9 +581,6 @@ func (sv *serving) end(t *transfer, n int64, err error) {
 			Err:       err,
 		})
 	}
-	sv.mu.Lock()
-	delete(sv.inflight, t.key)
-	sv.mu.Unlock()
 	<-sv.slots
 }
 

@@ -636,7 +636,7 @@ func dropped(t *testing.T, drops *eventtest.Counter, n int, h *blockingHandler, 
 // dropped it (counted by drops). It is a client retransmitting, with the
 // server's decision in place of the client's timer. A passing test needs
 // one or two sends; a broken server fails it after 1000 drops rather than
-// flooding the log until within.
+// flooding the log until eventtest.Within.
 func resend(t *testing.T, c *rawClient, req []byte, h *blockingHandler, calls int, drops *eventtest.Counter) {
 	t.Helper()
 	deadline := time.After(eventtest.Within)
@@ -664,12 +664,21 @@ func TestDuplicateRequest(t *testing.T) {
 	logs := eventtest.NewLogCounter(testLogger(t).Handler())
 	dups := logs.Of("duplicate request dropped")
 	reports := make(chan Transfer, 10)
+	// The first report waits for resume: the server must have forgotten
+	// the request by then.
+	resume := make(chan struct{})
+	var first, resumed sync.Once
+	unblock := func() { resumed.Do(func() { close(resume) }) }
 	addr := startServer(t, &Server{
-		Handler:    h.open,
-		Logger:     slog.New(logs),
-		Timeout:    100 * time.Millisecond,
-		OnTransfer: func(tr Transfer) { reports <- tr },
+		Handler: h.open,
+		Logger:  slog.New(logs),
+		Timeout: 100 * time.Millisecond,
+		OnTransfer: func(tr Transfer) {
+			reports <- tr
+			first.Do(func() { <-resume })
+		},
 	})
+	t.Cleanup(unblock) // before the server's shutdown, which waits for it
 	c := dialRaw(t, addr)
 	req := rrq("slow", "octet", "blksize", "1468", "tsize", "0")
 	c.send(req, c.server)
@@ -691,11 +700,17 @@ func TestDuplicateRequest(t *testing.T) {
 	if n := h.opened.Count(); n != 1 {
 		t.Errorf("Handler called %d times while the transfer ran; want 1", n)
 	}
-	// The same request again, now the first is over: a new transfer. The
-	// server forgets the first request just after reporting it, so this
-	// one may still be dropped as a duplicate: it goes again, as the
-	// client would retransmit it, until the Handler is called.
-	resend(t, c, req, h, 2, dups)
+	// The same request again, now the first is over: a new transfer,
+	// even while the first is still being reported.
+	c.send(req, c.server)
+	select {
+	case <-h.opened.Reached(2):
+	case <-dups.Reached(2):
+		t.Fatal("the request of a transfer being reported was dropped as a duplicate")
+	case <-time.After(eventtest.Within):
+		t.Fatalf("request neither served nor dropped in %v", eventtest.Within)
+	}
+	unblock()
 	// pin/tftp answers the client's ERROR with one of its own, and
 	// retransmitted OACKs may be queued: skip what the old port sent.
 	for {
