@@ -2,6 +2,7 @@ package report
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -9,10 +10,13 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/rackboot/rackboot/internal/eventtest"
 )
 
 func TestReports(t *testing.T) {
@@ -63,7 +67,8 @@ func TestReports(t *testing.T) {
 }
 
 // A dead appliance (a listener that never answers) costs at most the
-// failures allowed times the timeout, and later steps don't wait at all.
+// failures allowed, each bounded by the timeout, and once the reporter has
+// given up, later steps go to the console without another connection.
 func TestDeadApplianceIsBounded(t *testing.T) {
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -71,21 +76,44 @@ func TestDeadApplianceIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close() // accepts into the backlog, never answers
-	r := &Reporter{URL: "http://" + ln.Addr().String() + "/api/v1/report", Token: "t", Timeout: 100 * time.Millisecond}
+	var dials atomic.Int32
+	var console bytes.Buffer
+	var cmu sync.Mutex
+	r := &Reporter{
+		URL:     "http://" + ln.Addr().String() + "/api/v1/report",
+		Token:   "t",
+		Timeout: 100 * time.Millisecond,
+		Console: lockedWriter{&cmu, &console},
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
 	r.Online()
-	start := time.Now()
 	for range 10 {
 		r.Record("step", 0, nil)
 	}
-	r.Flush(t.Context())
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("flushing 10 reports to a dead appliance took %v", d)
+	// Flush returns once the reporter has given up; were a report not
+	// bounded by its timeout, the context would end it instead, and
+	// the console would not say so.
+	ctx, cancel := context.WithTimeout(t.Context(), eventtest.Within)
+	defer cancel()
+	r.Flush(ctx)
+	if got := dials.Load(); got != DefaultMaxFailures {
+		t.Errorf("connections to a dead appliance for 10 steps: %d; want %d", got, DefaultMaxFailures)
 	}
 	r.Record("late", 0, nil)
-	start = time.Now()
-	r.Flush(t.Context())
-	if d := time.Since(start); d > 10*time.Millisecond {
-		t.Errorf("flush after giving up took %v", d)
+	r.Flush(ctx)
+	if got := dials.Load(); got != DefaultMaxFailures {
+		t.Errorf("connections after giving up: %d more", got-DefaultMaxFailures)
+	}
+	cmu.Lock()
+	defer cmu.Unlock()
+	for _, want := range []string{"appliance unreachable: reporting stopped", "step=late status=ok"} {
+		if !strings.Contains(console.String(), want) {
+			t.Errorf("console lacks %q:\n%s", want, console.String())
+		}
 	}
 }
 
