@@ -219,34 +219,35 @@ var (
 // pxelinuxConfig answers pxelinux.cfg/NAME for the machine at peer. A
 // board gets its own config under any name PXELINUX, iPXE or U-Boot tries
 // (01-MAC, UUID, hex IP prefixes, default, default-ARCH-SOC...), but the
-// 01-MAC name only for its own MAC. Each config starts a new boot.
-func (l *Lab) pxelinuxConfig(ctx context.Context, name string, peer netip.Addr) ([]byte, error) {
+// 01-MAC name only for its own MAC. Each config comes with the start of
+// a new boot, for when it is delivered.
+func (l *Lab) pxelinuxConfig(name string, peer netip.Addr) ([]byte, func(context.Context) error, error) {
 	peer = peer.Unmap()
 	name = strings.ToLower(name)
 	upper := strings.ToUpper(name)
 	switch {
 	case macFileRE.MatchString(name), uuidFileRE.MatchString(name), hexIPRE.MatchString(upper), defaultRE.MatchString(name):
 	default:
-		return nil, fmt.Errorf("pxelinux.cfg/%s: %w", name, fs.ErrNotExist)
+		return nil, nil, fmt.Errorf("pxelinux.cfg/%s: %w", name, fs.ErrNotExist)
 	}
 	b, mac, ok := l.boardAt(peer)
 	if !ok {
 		l.log.Warn("boot config refused: address not on the boot network", "peer", peer.String(), "file", name)
-		return nil, fmt.Errorf("pxelinux.cfg/%s for %s: no lease: %w", name, peer, fs.ErrNotExist)
+		return nil, nil, fmt.Errorf("pxelinux.cfg/%s for %s: no lease: %w", name, peer, fs.ErrNotExist)
 	}
 	if m := macFileRE.FindStringSubmatch(name); m != nil && strings.ReplaceAll(m[1], "-", ":") != mac.String() {
 		l.log.Warn("boot config refused: another machine's MAC", "peer", peer.String(), "mac", mac.String(), "file", name)
-		return nil, fmt.Errorf("pxelinux.cfg/%s for %s (%s): %w", name, peer, mac, fs.ErrNotExist)
+		return nil, nil, fmt.Errorf("pxelinux.cfg/%s for %s (%s): %w", name, peer, mac, fs.ErrNotExist)
 	}
 	if b == nil {
-		return l.identifyConfig(ctx, mac, peer, "pxelinux")
+		return l.identifyConfig(mac, peer, "pxelinux", "pxelinux.cfg/"+name)
 	}
-	rec, k, err := l.startBoot(ctx, b, peer)
+	rec, k, err := l.prepareBoot(b, peer)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	l.event(ctx, rec.ID, Event{Kind: "config", Name: "pxelinux.cfg/" + name, Status: "ok"})
-	return pxelinuxText(b.Name, k.Kernel, k.Initrd, l.cmdline(b, rec)), nil
+	start := func(ctx context.Context) error { return l.startBoot(ctx, rec, "pxelinux.cfg/"+name) }
+	return pxelinuxText(b.Name, k.Kernel, k.Initrd, l.cmdline(b, rec)), start, nil
 }
 
 // pxelinuxText renders a PXELINUX-format config that PXELINUX, iPXE's
@@ -286,20 +287,26 @@ func (l *Lab) cmdline(b *Board, rec BootRecord) string {
 }
 
 // identifyConfig boots an unknown machine into the initramfs in identify
-// mode, if the policy says so: it reports itself and powers off.
-func (l *Lab) identifyConfig(ctx context.Context, mac net.HardwareAddr, peer netip.Addr, kind string) ([]byte, error) {
+// mode, if the policy says so: it reports itself and powers off. The boot
+// starts when config is delivered.
+func (l *Lab) identifyConfig(mac net.HardwareAddr, peer netip.Addr, kind, config string) ([]byte, func(context.Context) error, error) {
 	if l.cfg.Unknown != UnknownIdentify {
 		l.log.Info("unknown machine refused a boot config", "mac", mac.String(), "peer", peer.String())
-		return nil, fmt.Errorf("boot config for unknown %s: %w", mac, fs.ErrNotExist)
+		return nil, nil, fmt.Errorf("boot config for unknown %s: %w", mac, fs.ErrNotExist)
 	}
-	l.mu.Lock()
-	rec, err := l.store.StartBoot(ctx, BootRecord{
+	rec := BootRecord{
 		Board: "unknown-" + strings.ReplaceAll(mac.String(), ":", ""), Token: newToken(),
-		IP: peer, MAC: mac, Started: l.now(), Identify: true,
-	})
-	l.mu.Unlock()
-	if err != nil {
-		return nil, err
+		IP: peer, MAC: mac, Identify: true,
+	}
+	start := func(ctx context.Context) error {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		rec.Started = l.now()
+		if _, err := l.store.StartBoot(ctx, rec); err != nil {
+			return fmt.Errorf("starting identify boot of %s: %w", mac, err)
+		}
+		l.log.Info("booting unknown machine to identify it", "mac", mac.String(), "peer", peer.String(), "config", config)
+		return nil
 	}
 	arch := l.cfg.IdentifyArch
 	k := l.cfg.Kernels[arch]
@@ -310,31 +317,30 @@ func (l *Lab) identifyConfig(ctx context.Context, mac net.HardwareAddr, peer net
 		"rackboot.token=" + rec.Token,
 		"rackboot.mode=identify",
 	}, " ")
-	l.log.Info("booting unknown machine to identify it", "mac", mac.String(), "peer", peer.String())
 	if kind == "ipxe" {
-		return ipxeText(l.httpURL(k.Kernel), l.httpURL(k.Initrd), cmd), nil
+		return ipxeText(l.httpURL(k.Kernel), l.httpURL(k.Initrd), cmd), start, nil
 	}
-	return pxelinuxText("identify", k.Kernel, k.Initrd, cmd), nil
+	return pxelinuxText("identify", k.Kernel, k.Initrd, cmd), start, nil
 }
 
-// ipxeScript answers the iPXE script for the machine at peer, starting a
-// boot.
-func (l *Lab) ipxeScript(ctx context.Context, peer netip.Addr) ([]byte, error) {
+// ipxeScript answers the iPXE script for the machine at peer, with the
+// start of a new boot for when it is delivered.
+func (l *Lab) ipxeScript(peer netip.Addr) ([]byte, func(context.Context) error, error) {
 	peer = peer.Unmap()
 	b, mac, ok := l.boardAt(peer)
 	if !ok {
 		l.log.Warn("iPXE script refused: address not on the boot network", "peer", peer.String())
-		return nil, fmt.Errorf("iPXE script for %s: no lease: %w", peer, fs.ErrNotExist)
+		return nil, nil, fmt.Errorf("iPXE script for %s: no lease: %w", peer, fs.ErrNotExist)
 	}
 	if b == nil {
-		return l.identifyConfig(ctx, mac, peer, "ipxe")
+		return l.identifyConfig(mac, peer, "ipxe", ipxeScriptName)
 	}
-	rec, k, err := l.startBoot(ctx, b, peer)
+	rec, k, err := l.prepareBoot(b, peer)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	l.event(ctx, rec.ID, Event{Kind: "config", Name: ipxeScriptName, Status: "ok"})
-	return ipxeText(l.httpURL(k.Kernel), l.httpURL(k.Initrd), l.cmdline(b, rec)+" BOOTIF=01-${netX/mac:hexhyp}"), nil
+	start := func(ctx context.Context) error { return l.startBoot(ctx, rec, ipxeScriptName) }
+	return ipxeText(l.httpURL(k.Kernel), l.httpURL(k.Initrd), l.cmdline(b, rec)+" BOOTIF=01-${netX/mac:hexhyp}"), start, nil
 }
 
 func ipxeText(kernel, initrd, cmdline string) []byte {

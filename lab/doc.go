@@ -6,11 +6,12 @@
 //
 // # Boots
 //
-// A boot of a known board starts when its firmware fetches its boot
-// config (pxelinux.cfg/..., or the iPXE script). Each boot gets a fresh
-// 128-bit token that names its NBD export and authenticates its reports;
-// starting a boot discards the board's previous write layer, so nothing
-// written in one boot survives into the next.
+// A boot of a known board starts when its firmware has received its boot
+// config (pxelinux.cfg/..., or the iPXE script; see [File.Delivered]): a
+// forged request from another machine's address starts nothing. Each boot
+// gets a fresh 128-bit token that names its NBD export and authenticates
+// its reports; starting a boot discards the board's previous write layer,
+// so nothing written in one boot survives into the next.
 //
 // # Protocols
 //

@@ -266,10 +266,10 @@ func (l *Lab) kernel(b *Board, v ImageVersion) (KernelFiles, error) {
 	return KernelFiles{}, fmt.Errorf("board %s: image %s has no %s kernel, and boot.kernels names none", b.Name, v.Ref, b.Arch)
 }
 
-// startBoot begins a new boot of board b at ip: a fresh token, the image
-// version active now, a fresh copy-on-write session, and the previous
-// boot's session discarded.
-func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecord, KernelFiles, error) {
+// prepareBoot readies a new boot of board b at ip: a fresh token and the
+// image version active now. Nothing changes until the boot starts (see
+// File.Delivered).
+func (l *Lab) prepareBoot(b *Board, ip netip.Addr) (BootRecord, KernelFiles, error) {
 	v, err := l.images.Current(b.Image)
 	if err != nil {
 		return BootRecord{}, KernelFiles{}, fmt.Errorf("board %s: image %q: %w", b.Name, b.Image, err)
@@ -278,27 +278,34 @@ func (l *Lab) startBoot(ctx context.Context, b *Board, ip netip.Addr) (BootRecor
 	if err != nil {
 		return BootRecord{}, KernelFiles{}, err
 	}
+	rec := BootRecord{Board: b.Name, Token: newToken(), Image: v.Ref, IP: ip, MAC: b.MAC}
+	rec.Session = sessionName(b.Name, rec.Token)
+	return rec, k, nil
+}
+
+// startBoot starts a boot prepared by prepareBoot: its token becomes the
+// board's current one, with a fresh copy-on-write session, and the previous
+// boot's session is discarded. config names the file that started it.
+func (l *Lab) startBoot(ctx context.Context, rec BootRecord, config string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rec := BootRecord{
-		Board: b.Name, Token: newToken(), Image: v.Ref, IP: ip, MAC: b.MAC, Started: l.now(),
-	}
-	rec.Session = sessionName(b.Name, rec.Token)
-	rec, err = l.store.StartBoot(ctx, rec)
+	rec.Started = l.now()
+	rec, err := l.store.StartBoot(ctx, rec)
 	if err != nil {
-		return BootRecord{}, KernelFiles{}, err
+		return fmt.Errorf("starting boot of %s: %w", rec.Board, err)
 	}
 	// Discard every earlier layer of this board. The new session is
 	// created on first attach, so "except the newest" must not count it:
 	// discard all of the owner's sessions that aren't this boot's.
-	if err := l.discardOthers(b.Name, rec.Session); err != nil {
-		l.log.Error("discarding previous boot's layer", "board", b.Name, "err", err)
+	if err := l.discardOthers(rec.Board, rec.Session); err != nil {
+		l.log.Error("discarding previous boot's layer", "board", rec.Board, "err", err)
 	}
-	for _, e := range l.takePending(b.Name) {
+	for _, e := range l.takePending(rec.Board) {
 		l.event(ctx, rec.ID, e)
 	}
-	l.log.Info("boot started", "board", b.Name, "boot", rec.ID, "ip", ip.String(), "image", v.Ref)
-	return rec, k, nil
+	l.event(ctx, rec.ID, Event{Kind: "config", Name: config, Status: "ok"})
+	l.log.Info("boot started", "board", rec.Board, "boot", rec.ID, "ip", rec.IP.String(), "image", rec.Image)
+	return nil
 }
 
 func (l *Lab) discardOthers(owner, keep string) error {
@@ -461,32 +468,66 @@ type File struct {
 	io.Closer
 	Size    int64
 	ModTime time.Time
+
+	// start starts the boot a generated config belongs to; nil for
+	// every other file.
+	start func(context.Context) error
+	once  sync.Once
+	err   error
+}
+
+// Delivered says that the machine received the whole file at the address
+// it asked from. A generated boot config (a PXELINUX-format config, the
+// iPXE script) starts its boot only then: its token becomes the board's
+// current one and the previous boot's layer is discarded. A transport
+// calls it once it holds proof of the peer's address: HTTP for a GET, as
+// TCP's handshake proved the address; TFTP when the last block is
+// acknowledged. A TFTP request alone proves nothing, since anyone on the
+// network can forge a datagram's source, and one forged request must not
+// end another board's boot. For other files Delivered does nothing. Later
+// calls return the first one's result.
+func (f *File) Delivered(ctx context.Context) error {
+	f.once.Do(func() {
+		if f.start != nil {
+			f.err = f.start(ctx)
+		}
+	})
+	return f.err
 }
 
 func memFile(b []byte, t time.Time) *File {
 	return &File{ReadSeeker: bytes.NewReader(b), Closer: io.NopCloser(nil), Size: int64(len(b)), ModTime: t}
 }
 
+// configFile is a generated boot config that starts its boot when
+// delivered.
+func configFile(b []byte, t time.Time, start func(context.Context) error) *File {
+	f := memFile(b, t)
+	f.start = start
+	return f
+}
+
 // OpenFile returns the boot file at path (clean, slash-separated, relative)
 // for the machine at peer: a generated boot config, iPXE script or U-Boot
-// script, or a file of the static tree. Errors wrap fs.ErrNotExist or
+// script, or a file of the static tree. A boot config's boot starts when
+// the file is delivered (File.Delivered). Errors wrap fs.ErrNotExist or
 // fs.ErrPermission.
 func (l *Lab) OpenFile(ctx context.Context, path string, peer netip.Addr) (*File, error) {
 	switch {
 	case strings.HasPrefix(path, "pxelinux.cfg/"):
-		b, err := l.pxelinuxConfig(ctx, strings.TrimPrefix(path, "pxelinux.cfg/"), peer)
+		b, start, err := l.pxelinuxConfig(strings.TrimPrefix(path, "pxelinux.cfg/"), peer)
 		if err != nil {
 			return nil, err
 		}
-		return memFile(b, l.now()), nil
+		return configFile(b, l.now(), start), nil
 	case path == ubootScriptName:
 		return memFile(ubootScript(), time.Unix(0, 0)), nil
 	case path == ipxeScriptName:
-		b, err := l.ipxeScript(ctx, peer)
+		b, start, err := l.ipxeScript(peer)
 		if err != nil {
 			return nil, err
 		}
-		return memFile(b, l.now()), nil
+		return configFile(b, l.now(), start), nil
 	}
 	root, rel := l.tree, path
 	if p, ok := strings.CutPrefix(path, "images/"); ok && l.catalog != nil {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,6 +52,25 @@ type env struct {
 	sessions *cow.Store
 	image    *cow.Image
 	cfg      Config
+	logs     syncBuffer // everything the lab logged
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func newEnv(t *testing.T, unknown UnknownPolicy) *env {
@@ -106,7 +126,7 @@ func (e *env) open(t *testing.T) {
 	e.lab, err = New(ctx, e.cfg, Options{
 		Store: e.store, Sessions: e.sessions, Images: StaticImages{"minimal": e.image},
 		Tree: tree, Neighbors: neighbors{ipA: macA, ipB: macB, ipU: macU},
-		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Logger: slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &e.logs), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +143,8 @@ func (e *env) open(t *testing.T) {
 	})
 }
 
+// fetch reads path as the machine at peer, and says it was delivered, as
+// a transport does once the machine has it.
 func (e *env) fetch(t *testing.T, path string, peer netip.Addr) (string, error) {
 	t.Helper()
 	f, err := e.lab.OpenFile(t.Context(), path, peer)
@@ -136,6 +158,9 @@ func (e *env) fetch(t *testing.T, path string, peer netip.Addr) (string, error) 
 	}
 	if int64(len(b)) != f.Size {
 		t.Errorf("%s: size %d, read %d bytes", path, f.Size, len(b))
+	}
+	if err := f.Delivered(t.Context()); err != nil {
+		t.Fatalf("%s delivered: %v", path, err)
 	}
 	return string(b), nil
 }
@@ -183,6 +208,77 @@ func TestBootConfigOnlyForOwnMAC(t *testing.T) {
 	}
 	if _, err := e.fetch(t, "pxelinux.cfg/../../etc", ipB); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("odd config name: %v; want fs.ErrNotExist", err)
+	}
+}
+
+// A config request that isn't delivered (over TFTP: a request with a
+// forged source address, whose answer goes to the real board and is never
+// acknowledged) starts nothing: the board's live layer and token stay.
+// Once delivered, the boot starts and the old layer goes.
+func TestUndeliveredConfigStartsNoBoot(t *testing.T) {
+	e := newEnv(t, UnknownIdentify)
+	ctx := t.Context()
+	cfg, err := e.fetch(t, "pxelinux.cfg/default", ipB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := token(t, cfg)
+	s, _, err := e.lab.OpenSession(ctx, tok, ipB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.WriteAt([]byte("B's build"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var pending []*File
+	for _, path := range []string{"pxelinux.cfg/default", "pxelinux.cfg/01-52-54-00-00-00-0b", "ipxe/boot.ipxe"} {
+		f, err := e.lab.OpenFile(ctx, path, ipB)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		pending = append(pending, f)
+	}
+	got := make([]byte, 9)
+	if _, err := s.ReadAt(got, 0); err != nil || string(got) != "B's build" {
+		t.Errorf("B's live layer after undelivered configs: %q, %v", got, err)
+	}
+	if s2, _, err := e.lab.OpenSession(ctx, tok, ipB); err != nil {
+		t.Errorf("B's reconnect after undelivered configs: %v", err)
+	} else {
+		s2.Close()
+	}
+	// An unknown machine's identify config starts no boot either.
+	if f, err := e.lab.OpenFile(ctx, "pxelinux.cfg/default", ipU); err != nil {
+		t.Fatal(err)
+	} else if b, _ := io.ReadAll(f); e.lab.Report(ctx, token(t, string(b)), ipU, Step{Name: "identify", Status: "ok"}) == nil {
+		t.Error("an undelivered identify config's token is accepted")
+	}
+
+	// The second one is delivered: B's boot starts.
+	b, _ := io.ReadAll(pending[1])
+	if err := pending[1].Delivered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReadAt(got, 0); err == nil {
+		t.Error("the previous boot's layer still reads after a new boot started")
+	}
+	if _, _, err := e.lab.OpenSession(ctx, tok, ipB); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("previous boot's token after a new boot: %v; want fs.ErrNotExist", err)
+	}
+	s3, _, err := e.lab.OpenSession(ctx, token(t, string(b)), ipB)
+	if err != nil {
+		t.Fatalf("the delivered config's token: %v", err)
+	}
+	s3.Close()
+	// Delivering again changes nothing; delivering another starts another.
+	if err := pending[1].Delivered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s3, _, err = e.lab.OpenSession(ctx, token(t, string(b)), ipB); err != nil {
+		t.Errorf("token after a second Delivered: %v", err)
+	} else {
+		s3.Close()
 	}
 }
 

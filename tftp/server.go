@@ -59,6 +59,18 @@ const maxWindow = 60
 // should return promptly once that context is done.
 type Handler func(ctx context.Context, path string, peer netip.AddrPort) (io.ReadCloser, int64, error)
 
+// Deliverer is implemented by a file that wants to know that the client
+// received all of it: the server calls Delivered once the client has
+// acknowledged the last block, and before closing the file and reporting
+// the transfer. Unlike the request, whose source address anyone on the
+// network can forge, the acknowledgement shows that the client receives
+// at that address. The context is Serve's, without its cancellation (a
+// transfer finishing during the drain is delivered too). An error fails
+// the transfer as reported to OnTransfer; the client has the file anyway.
+type Deliverer interface {
+	Delivered(ctx context.Context) error
+}
+
 // Transfer describes one read request once it is over, successful or not.
 type Transfer struct {
 	// Path is the requested file name after CleanPath, or as sent when
@@ -618,6 +630,12 @@ func (sv *serving) readHandler(token string, rf io.ReaderFrom) error {
 		err = r.err
 	case err != nil:
 		err = fmt.Errorf("sending %s: %w", t.path, err)
+	default:
+		if d, ok := t.rc.(Deliverer); ok {
+			if derr := d.Delivered(context.WithoutCancel(sv.ctx)); derr != nil {
+				err = fmt.Errorf("delivering %s: %w", t.path, derr)
+			}
+		}
 	}
 	sv.end(t, n, err)
 	return nil

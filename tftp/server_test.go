@@ -578,6 +578,94 @@ func TestOnTransfer(t *testing.T) {
 	}
 }
 
+// deliverFile is a file that records its delivery.
+type deliverFile struct {
+	*bytes.Reader
+	delivered chan<- string
+	name      string
+	err       error
+}
+
+func (f *deliverFile) Close() error { return nil }
+
+func (f *deliverFile) Delivered(context.Context) error {
+	f.delivered <- f.name
+	return f.err
+}
+
+// A file is delivered once the client has acknowledged its last block,
+// before OnTransfer; never when the client stops acknowledging (as when
+// the request came with another machine's address) or gives up.
+func TestDelivered(t *testing.T) {
+	t.Parallel()
+	delivered := make(chan string, 10)
+	reports := make(chan Transfer, 10)
+	content := map[string][]byte{
+		"small":    []byte("DEFAULT board\n"),
+		"multi":    testData(3*512+100, 7),
+		"exact":    testData(2*512, 8),
+		"refusing": []byte("x"),
+	}
+	addr := startServer(t, &Server{
+		Handler: func(ctx context.Context, path string, peer netip.AddrPort) (io.ReadCloser, int64, error) {
+			b, ok := content[path]
+			if !ok {
+				return nil, 0, fs.ErrNotExist
+			}
+			f := &deliverFile{Reader: bytes.NewReader(b), delivered: delivered, name: path}
+			if path == "refusing" {
+				f.err = errors.New("boot store down")
+			}
+			return f, int64(len(b)), nil
+		},
+		OnTransfer: func(tr Transfer) { reports <- tr },
+		Timeout:    100 * time.Millisecond,
+		Retries:    1,
+	})
+	for _, name := range []string{"small", "multi", "exact"} {
+		got, _, err := fetch(addr, name, 0)
+		if err != nil || !bytes.Equal(got, content[name]) {
+			t.Fatalf("%s: %d bytes, %v", name, len(got), err)
+		}
+		// Delivered runs before OnTransfer, so it is queued first.
+		if d, tr := <-delivered, <-reports; d != name || tr.Err != nil {
+			t.Errorf("%s: delivered %q, then transfer %+v", name, d, tr)
+		}
+	}
+
+	// A client that takes the only block and never acknowledges it.
+	c := dialRaw(t, addr)
+	c.send(rrq("small", "octet"), c.server)
+	if pkt, _ := c.recv(eventtest.Within); opcode(pkt) != opDATA {
+		t.Fatalf("got % x; want DATA", pkt)
+	}
+	if tr := <-reports; tr.Err == nil || tr.Path != "small" {
+		t.Errorf("unacknowledged transfer reported %+v; want a failure", tr)
+	}
+	// A client that acknowledges the first block of two and gives up.
+	c.send(rrq("multi", "octet"), c.server)
+	_, from := c.recv(eventtest.Within)
+	c.send([]byte{0, opACK, 0, 1}, from)
+	c.recv(eventtest.Within)
+	c.send(appendError(nil, 0, "changed my mind"), from)
+	if tr := <-reports; tr.Err == nil || tr.Path != "multi" {
+		t.Errorf("abandoned transfer reported %+v; want a failure", tr)
+	}
+	select {
+	case d := <-delivered:
+		t.Errorf("%s delivered without the last acknowledgement", d)
+	default:
+	}
+
+	// A file that fails its delivery fails its transfer.
+	if _, _, err := fetch(addr, "refusing", 0); err != nil {
+		t.Fatal(err)
+	}
+	if d, tr := <-delivered, <-reports; d != "refusing" || tr.Err == nil || !strings.Contains(tr.Err.Error(), "boot store down") {
+		t.Errorf("delivered %q, reported %+v; want the delivery's error", d, tr)
+	}
+}
+
 func TestConcurrentTransfers(t *testing.T) {
 	t.Parallel()
 	dir, files := testTree(t)

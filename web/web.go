@@ -171,6 +171,15 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	if r.Method == http.MethodGet {
+		// TCP's handshake proved the peer's address: a boot config
+		// starts its boot now, before the client reads its token.
+		if err := f.Delivered(r.Context()); err != nil {
+			log.Error("starting boot", "err", err)
+			http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+			return
+		}
+	}
 	cw := &countingWriter{ResponseWriter: w}
 	http.ServeContent(cw, r, path, f.ModTime, f.ReadSeeker)
 	dur := time.Since(start)

@@ -121,6 +121,31 @@ func TestBootFiles(t *testing.T) {
 	}
 }
 
+// A boot config starts its boot on a GET, which the client reads; a HEAD
+// starts nothing.
+func TestHeadStartsNoBoot(t *testing.T) {
+	base, store := startWeb(t)
+	resp, err := http.Head(base + "/ipxe/boot.ipxe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("HEAD: %d", resp.StatusCode)
+	}
+	if rec, err := store.CurrentBoot(t.Context(), "loopy"); err == nil {
+		t.Errorf("HEAD started boot %d", rec.ID)
+	}
+	_, body := get(t, base+"/ipxe/boot.ipxe")
+	rec, err := store.CurrentBoot(t.Context(), "loopy")
+	if err != nil {
+		t.Fatalf("GET started no boot: %v", err)
+	}
+	if !strings.Contains(body, "rackboot.token="+rec.Token) {
+		t.Errorf("the current boot's token %s is not the script's:\n%s", rec.Token, body)
+	}
+}
+
 // TestCurlRange fetches with a real HTTP client.
 func TestCurlRange(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")

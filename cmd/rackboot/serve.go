@@ -94,6 +94,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	g.Go(func() error { return httpSrv.ListenAndServe(ctx, cfg.HTTP.Listen) })
 	if cfg.TFTP.Listen != "off" {
 		tftpSrv := &tftp.Server{
+			// A *lab.File is a tftp.Deliverer: a boot config starts its
+			// boot when the board acknowledges it.
 			Handler: func(ctx context.Context, path string, peer netip.AddrPort) (io.ReadCloser, int64, error) {
 				f, err := a.lab.OpenFile(ctx, path, peer.Addr())
 				if err != nil {
@@ -452,3 +454,5 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(0))
 	return nil
 }
+
+var _ tftp.Deliverer = (*lab.File)(nil)

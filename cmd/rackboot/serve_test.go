@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -12,7 +14,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/rackboot/rackboot/internal/eventtest"
 	"github.com/rackboot/rackboot/internal/netns"
 	"github.com/rackboot/rackboot/internal/testenv"
 )
@@ -120,6 +126,19 @@ func TestBoardIsolation(t *testing.T) {
 		t.Errorf("board A attached board B's root:\n%s", out)
 	}
 
+	// Root on board A forges a TFTP request for a boot config from B's
+	// address. The answer goes to B, which doesn't acknowledge it (here
+	// a socket that only listens): B's boot, token and layer stay.
+	b.Run(t, "qemu-io", "-f", "raw", "-c", "write -P 0xb2 0 64k", nbdURI(tokB))
+	forged := r.forgedConfigRequest(t, netip.MustParseAddrPort("10.77.0.11:40000"))
+	if forged == tokB {
+		t.Fatal("a forged request got B's current token")
+	}
+	b.Run(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 0xb2 0 64k", nbdURI(tokB))
+	if out, err := b.Command(t.Context(), "nbdinfo", nbdURI(forged)).CombinedOutput(); err == nil {
+		t.Errorf("the token of an unacknowledged config attaches:\n%s", out)
+	}
+
 	// A restart of rackboot (even a crash) keeps the boot and its layer.
 	srv.stop(syscall.SIGKILL)
 	srv = r.start(t)
@@ -141,6 +160,62 @@ func TestBoardIsolation(t *testing.T) {
 	if sessions := r.sessions(t); strings.Count(sessions, "board-a@") != 1 || strings.Contains(sessions, tok1[:8]) || strings.Contains(sessions, tok2[:8]) {
 		t.Errorf("layers on disk after the second boot (want one for board-a, naming no token):\n%s", sessions)
 	}
+}
+
+// forgedConfigRequest sends, from board 0, a TFTP request for
+// pxelinux.cfg/default whose source is board 1's address from, and returns
+// the token in the answer, which board 1 receives (on a socket at from)
+// and never acknowledges.
+func (r *rack) forgedConfigRequest(t *testing.T, from netip.AddrPort) string {
+	t.Helper()
+	var victim net.PacketConn
+	if err := r.boards[1].Do(func() (err error) {
+		victim, err = net.ListenPacket("udp4", from.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer victim.Close()
+	rrq := []byte("\x00\x01pxelinux.cfg/default\x00octet\x00")
+	if err := r.boards[0].Do(func() error {
+		return sendForgedUDP(from, netip.MustParseAddrPort("10.77.0.1:69"), rrq)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	victim.SetReadDeadline(time.Now().Add(eventtest.Within))
+	buf := make([]byte, 1024)
+	n, _, err := victim.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("board B got no answer to the forged request: %v", err)
+	}
+	m := tokenRE.FindSubmatch(buf[:n])
+	if buf[1] != 3 || m == nil {
+		t.Fatalf("answer to the forged request: %q; want DATA with a boot config", buf[:n])
+	}
+	return string(m[1])
+}
+
+// sendForgedUDP sends a UDP datagram with any source address, through a
+// raw socket in the calling thread's namespace.
+func sendForgedUDP(src, dst netip.AddrPort, payload []byte) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	if err != nil {
+		return fmt.Errorf("raw socket: %w", err)
+	}
+	defer unix.Close(fd)
+	pkt := make([]byte, 28+len(payload))
+	pkt[0] = 0x45 // IPv4, 20-byte header; the kernel fills in the checksum
+	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+	pkt[8] = 64
+	pkt[9] = unix.IPPROTO_UDP
+	s4, d4 := src.Addr().As4(), dst.Addr().As4()
+	copy(pkt[12:], s4[:])
+	copy(pkt[16:], d4[:])
+	binary.BigEndian.PutUint16(pkt[20:], src.Port())
+	binary.BigEndian.PutUint16(pkt[22:], dst.Port())
+	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload))) // no UDP checksum: allowed over IPv4
+	copy(pkt[28:], payload)
+	return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: d4})
 }
 
 func (r *rack) sessions(t *testing.T) string {

@@ -14,9 +14,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/rackboot/rackboot/internal/testenv"
 )
@@ -97,6 +101,29 @@ func (h *Host) Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("in %s: %s %s: %v\n%s", h.Name, name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// Do runs f on an OS thread inside the host's namespace, and returns its
+// error. Sockets f opens stay in the namespace after it returns, so a test
+// can use them from any goroutine. The thread ends with f: it never runs
+// other goroutines from the wrong namespace.
+func (h *Host) Do(f func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with us
+		ns, err := os.Open("/run/netns/" + h.Name)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			done <- fmt.Errorf("entering namespace %s: %w", h.Name, err)
+			return
+		}
+		done <- f()
+	}()
+	return <-done
 }
 
 // MAC returns a locally administered MAC whose last byte is n.
