@@ -59,7 +59,9 @@ type Reconnect struct {
 type Keeper struct {
 	// Index is the NBD device, /dev/nbdIndex.
 	Index int
-	// Server is the NBD server's address and Export the export's name.
+	// Server is the NBD server's address and Export the export's name,
+	// which is the boot's token: no log line or error names it, as
+	// errors are reported to the appliance.
 	Server netip.AddrPort
 	Export string
 	// Size is the export's size in bytes: a reconnect that finds another
@@ -127,7 +129,7 @@ func orDefault(d, def time.Duration) time.Duration {
 // subscribe to notifications nor see the root's connection in the TCP
 // table: it would have no way to notice a dead link.
 func (k *Keeper) Run(ctx context.Context) error {
-	log := k.logger().With("dev", fmt.Sprintf("nbd%d", k.Index), "peer", k.Server.String(), "export", k.Export)
+	log := k.logger().With("dev", fmt.Sprintf("nbd%d", k.Index), "peer", k.Server.String())
 	wake := make(chan struct{}, 1)
 	signal := func() {
 		select {
@@ -295,7 +297,7 @@ func (k *Keeper) attempt(ctx context.Context) (bool, error) {
 	}
 	if k.Size != 0 && det.Size != k.Size {
 		conn.Close()
-		return false, fmt.Errorf("export %q is %d bytes now, the root is %d: not attaching it", k.Export, det.Size, k.Size)
+		return false, fmt.Errorf("export is %d bytes now, the root is %d: not attaching it", det.Size, k.Size)
 	}
 	local, err := netip.ParseAddrPort(conn.LocalAddr().String())
 	if err != nil {

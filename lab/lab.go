@@ -356,7 +356,7 @@ func (l *Lab) boardAt(ip netip.Addr) (*Board, net.HardwareAddr, bool) {
 // Anything else is fs.ErrNotExist, so that nobody learns which tokens
 // exist.
 func (l *Lab) OpenSession(ctx context.Context, export string, peer netip.Addr) (*cow.Session, BootRecord, error) {
-	notExist := fmt.Errorf("export %q for %s: %w", export, peer, fs.ErrNotExist)
+	notExist := fmt.Errorf("boot export for %s: %w", peer, fs.ErrNotExist) // never the name: it may be a live token
 	rec, err := l.store.BootByToken(ctx, export)
 	if err != nil {
 		return nil, BootRecord{}, notExist
@@ -434,6 +434,9 @@ type Step struct {
 // MaxDetail bounds Step.Detail.
 const MaxDetail = 16 << 10
 
+// redactedToken replaces a boot's token in what its board reports.
+const redactedToken = "<token>"
+
 // ErrBadToken is returned by Report for a token that isn't the current
 // boot of the board at the reporting address.
 var ErrBadToken = errors.New("not the current boot")
@@ -452,6 +455,10 @@ func (l *Lab) Report(ctx context.Context, token string, peer netip.Addr, s Step)
 	if len(s.Name) > 64 || len(s.Status) > 16 || len(s.Error) > 4096 || len(s.Detail) > MaxDetail {
 		return fmt.Errorf("report from %s: oversized fields: %w", peer, fs.ErrInvalid)
 	}
+	// A board may quote its token in an error (a kernel command line, a
+	// URL); reports are shown to anyone through the API and logged.
+	s.Error = strings.ReplaceAll(s.Error, token, redactedToken)
+	s.Detail = json.RawMessage(strings.ReplaceAll(string(s.Detail), token, redactedToken))
 	log := l.log.With("board", rec.Board, "boot", rec.ID)
 	if s.Status == "failed" {
 		log.Warn("boot step failed", "step", s.Name, "err", s.Error)

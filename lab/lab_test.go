@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
@@ -279,6 +280,57 @@ func TestUndeliveredConfigStartsNoBoot(t *testing.T) {
 		t.Errorf("token after a second Delivered: %v", err)
 	} else {
 		s3.Close()
+	}
+}
+
+// A live token shows nowhere but in its board's boot config: not in
+// errors, logs, or the timeline of reports that quote it.
+func TestTokenNeverShown(t *testing.T) {
+	e := newEnv(t, UnknownIgnore)
+	ctx := t.Context()
+	cfg, err := e.fetch(t, "pxelinux.cfg/default", ipA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := token(t, cfg)
+	if _, _, err := e.lab.OpenSession(ctx, tok, ipB); err == nil || strings.Contains(err.Error(), tok) {
+		t.Errorf("A's token from B's address: %v; want a refusal that doesn't quote it", err)
+	}
+	uri := "nbd://10.9.0.1:10809/" + tok
+	if err := e.lab.Report(ctx, tok, ipA, Step{
+		Name: "nbd", Status: "failed", Error: "attaching " + uri + ": refused",
+		Detail: json.RawMessage(`{"uri":"` + uri + `"}`),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.lab.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := e.store.CurrentBoot(ctx, "board-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := e.store.Events(ctx, rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var step *Event
+	for i := range events {
+		if events[i].Kind == "step" {
+			step = &events[i]
+		}
+	}
+	if step == nil {
+		t.Fatalf("no step in the timeline: %+v", events)
+	}
+	if want := "attaching nbd://10.9.0.1:10809/<token>: refused"; step.Error != want {
+		t.Errorf("stored error %q; want %q", step.Error, want)
+	}
+	if want := `{"uri":"nbd://10.9.0.1:10809/<token>"}`; step.Detail != want {
+		t.Errorf("stored detail %s; want %s", step.Detail, want)
+	}
+	if logs := e.logs.String(); strings.Contains(logs, tok) {
+		t.Errorf("the token is in the log:\n%s", logs)
 	}
 }
 

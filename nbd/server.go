@@ -361,7 +361,8 @@ func (c *conn) handshake(ctx context.Context, peer netip.AddrPort) (*Export, err
 			}
 			exp, err := c.s.Resolver.Open(ctx, string(data), peer)
 			if err != nil {
-				c.log.Info("export refused", "export", string(data), "err", err)
+				c.log.Info("export refused", "err", err)
+				c.log.Debug("refused export name", "export", string(data))
 				return nil, err
 			}
 			var out [10 + 124]byte
@@ -420,7 +421,8 @@ func (c *conn) handshake(ctx context.Context, peer netip.AddrPort) (*Export, err
 			}
 			exp, err := c.s.Resolver.Open(ctx, req.name, peer)
 			if err != nil {
-				c.log.Info("export refused", "export", req.name, "err", err)
+				c.log.Info("export refused", "err", err)
+				c.log.Debug("refused export name", "export", req.name)
 				code, msg := uint32(repErrUnknown), "unknown export"
 				switch {
 				case errors.Is(err, fs.ErrPermission):

@@ -50,6 +50,9 @@ const (
 
 // Options describe the root.
 type Options struct {
+	// Addr is the NBD server's address and Export the export's name,
+	// which is the boot's token: no error names it, as errors are
+	// reported to the appliance.
 	Addr, Export string
 	// Target is where to mount the root.
 	Target string
@@ -98,7 +101,7 @@ func Attach(ctx context.Context, o Options) (Root, error) {
 	}
 	defer conn.Close() // the kernel holds its own reference
 	if d.Size <= 0 {
-		return Root{}, fmt.Errorf("export %q has size %d", o.Export, d.Size)
+		return Root{}, fmt.Errorf("export has size %d", d.Size)
 	}
 	cfg := kernel.Config{
 		Index:           o.Index,
@@ -110,7 +113,7 @@ func Attach(ctx context.Context, o Options) (Root, error) {
 	}
 	idx, err := kernel.Connect(ctx, cfg, conn)
 	if err != nil {
-		return Root{}, fmt.Errorf("attaching export %q: %w", o.Export, err)
+		return Root{}, fmt.Errorf("attaching export: %w", err)
 	}
 	r := Root{Device: "/dev/nbd" + strconv.Itoa(idx), Index: idx, Details: d}
 	if err := waitSize(ctx, idx); err != nil {
@@ -200,7 +203,7 @@ func Dial(ctx context.Context, addr, export string) (*net.TCPConn, nbd.ExportDet
 	det, err := nbd.Handshake(ctx, conn, export)
 	if err != nil {
 		conn.Close()
-		return nil, nbd.ExportDetails{}, fmt.Errorf("NBD export %q at %s: %w", export, addr, err)
+		return nil, nbd.ExportDetails{}, fmt.Errorf("NBD export at %s: %w", addr, err)
 	}
 	return conn.(*net.TCPConn), det, nil
 }
