@@ -520,6 +520,14 @@ func configFile(b []byte, t time.Time, start func(context.Context) error) *File 
 // the file is delivered (File.Delivered). Errors wrap fs.ErrNotExist or
 // fs.ErrPermission.
 func (l *Lab) OpenFile(ctx context.Context, path string, peer netip.Addr) (*File, error) {
+	// Only clean relative paths: "..", "." or empty elements and
+	// leading or trailing slashes are refused, even where os.Root would
+	// stay inside the tree, so that checks on the path's elements (the
+	// catalog's boot/ below) see what is opened. Over HTTP an encoded
+	// %2F gets "boot/../x" past the router's cleaning.
+	if !fs.ValidPath(path) || path == "." {
+		return nil, fmt.Errorf("%q: not a clean path: %w", path, fs.ErrPermission)
+	}
 	switch {
 	case strings.HasPrefix(path, "pxelinux.cfg/"):
 		b, start, err := l.pxelinuxConfig(strings.TrimPrefix(path, "pxelinux.cfg/"), peer)

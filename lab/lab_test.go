@@ -53,6 +53,7 @@ type env struct {
 	sessions *cow.Store
 	image    *cow.Image
 	cfg      Config
+	catalog  string     // the image catalog's directory, if any
 	logs     syncBuffer // everything the lab logged
 }
 
@@ -124,9 +125,16 @@ func (e *env) open(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tree.Close() })
+	var catalog *os.Root
+	if e.catalog != "" {
+		if catalog, err = os.OpenRoot(e.catalog); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { catalog.Close() })
+	}
 	e.lab, err = New(ctx, e.cfg, Options{
 		Store: e.store, Sessions: e.sessions, Images: StaticImages{"minimal": e.image},
-		Tree: tree, Neighbors: neighbors{ipA: macA, ipB: macB, ipU: macU},
+		Tree: tree, Catalog: catalog, Neighbors: neighbors{ipA: macA, ipB: macB, ipU: macU},
 		Logger: slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &e.logs), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -207,7 +215,10 @@ func TestBootConfigOnlyForOwnMAC(t *testing.T) {
 			t.Errorf("pxelinux.cfg/%s from B: %v\n%s", name, err, cfg)
 		}
 	}
-	if _, err := e.fetch(t, "pxelinux.cfg/../../etc", ipB); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := e.fetch(t, "pxelinux.cfg/../../etc", ipB); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("traversing config name: %v; want fs.ErrPermission", err)
+	}
+	if _, err := e.fetch(t, "pxelinux.cfg/README", ipB); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("odd config name: %v; want fs.ErrNotExist", err)
 	}
 }
@@ -498,8 +509,23 @@ func TestDHCPDecisions(t *testing.T) {
 
 func TestTreeFiles(t *testing.T) {
 	e := newEnv(t, UnknownIgnore)
+	e.catalog = filepath.Join(e.dir, "images")
+	os.MkdirAll(filepath.Join(e.catalog, "minimal", "v1", "boot", "amd64"), 0o755)
+	os.WriteFile(filepath.Join(e.catalog, "minimal", "v1", "boot", "amd64", "vmlinuz"), []byte("v1 kernel"), 0o444)
+	os.WriteFile(filepath.Join(e.catalog, "minimal", "v1", "root.img"), []byte("root"), 0o444)
+	e.open(t)
 	if got, err := e.fetch(t, "amd64/vmlinuz", ipA); err != nil || got != "kernel" {
 		t.Errorf("amd64/vmlinuz = %q, %v", got, err)
+	}
+	if got, err := e.fetch(t, "images/minimal/v1/boot/amd64/vmlinuz", ipA); err != nil || got != "v1 kernel" {
+		t.Errorf("images/minimal/v1/boot/amd64/vmlinuz = %q, %v", got, err)
+	}
+	// Only boot/ of a catalog image is served, and ".." never, even
+	// where it stays in the tree: HTTP decodes %2F after routing.
+	for _, p := range []string{"images/minimal/v1/boot/../root.img", "images/minimal/v1/root.img", "amd64/../amd64/vmlinuz", "./amd64/vmlinuz", "amd64//vmlinuz", "/amd64/vmlinuz"} {
+		if _, err := e.fetch(t, p, ipA); !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
+			t.Errorf("%s: %v; want refused", p, err)
+		}
 	}
 	for _, p := range []string{"escape", "../secret", "amd64", "nope"} {
 		if _, err := e.fetch(t, p, ipA); err == nil {

@@ -158,6 +158,12 @@ func TestCurlRange(t *testing.T) {
 	if err != nil || (string(out) != "403" && string(out) != "404") {
 		t.Errorf("curl --path-as-is traversal: %q, %v; want 403 or 404", out, err)
 	}
+	// An encoded slash reaches the handler as "..", past the router's
+	// cleaning; it is refused even where it would stay in the tree.
+	out, err = exec.Command(curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--path-as-is", base+"/amd64/..%2Famd64/vmlinuz").Output()
+	if err != nil || string(out) != "403" {
+		t.Errorf("curl of an encoded ..: %q, %v; want 403", out, err)
+	}
 }
 
 func TestReport(t *testing.T) {
