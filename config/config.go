@@ -112,7 +112,7 @@ type DHCP struct {
 	// networks with their own DHCP server) or off. Default off.
 	Mode string `yaml:"mode"`
 	// Interfaces are the boot network interfaces to serve on. Required
-	// unless Mode is off.
+	// unless Mode is off; exactly one in full mode.
 	Interfaces []string `yaml:"interfaces"`
 	// RangeStart and RangeEnd bound the dynamic pool (full mode) for
 	// machines without a fixed address. Required in full mode.
@@ -328,6 +328,12 @@ func (c *Config) validateBoot(l *errorList, dir string, images map[string]string
 		l.addf("dhcp.mode", "invalid mode %q (want full, proxy or off)", d.Mode)
 	}
 	if d.Mode == "full" {
+		if len(d.Interfaces) > 1 {
+			// One range, router and lease table: two networks can't
+			// share them, and two servers on one network would hand
+			// out the same addresses.
+			l.addf("dhcp.interfaces", "full mode serves one interface, not %d (run one rackboot per boot network, or proxy mode)", len(d.Interfaces))
+		}
 		switch {
 		case !d.RangeStart.IsValid():
 			l.addf("dhcp.range_start", "required in full mode")

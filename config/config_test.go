@@ -154,6 +154,10 @@ boards:
 				"t.yaml:12: boards[3].arch: required",
 			},
 		},
+		"full mode on two interfaces": {
+			in:   "state_dir: /s\ndhcp: {mode: full, interfaces: [eth1, eth2], range_start: 10.0.0.100, range_end: 10.0.0.150}\n",
+			want: []string{"t.yaml:2: dhcp.interfaces: full mode serves one interface, not 2 (run one rackboot per boot network, or proxy mode)"},
+		},
 		"dhcp needs interfaces": {
 			in:   "state_dir: /s\ndhcp: {mode: proxy}\n",
 			want: []string{"t.yaml:2: dhcp.interfaces: required in proxy mode"},
