@@ -276,7 +276,7 @@ func (s *Server) addNetwork(resp *dhcpv4.DHCPv4, c Client, hostname string, leas
 		}
 		o[dhcpv4.OptionIPAddressLeaseTime.Code()] = secs(s.cfg.leaseTime)
 		o[dhcpv4.OptionRenewTimeValue.Code()] = secs(s.cfg.leaseTime / 2)
-		o[dhcpv4.OptionRebindingTimeValue.Code()] = secs(s.cfg.leaseTime * 7 / 8)
+		o[dhcpv4.OptionRebindingTimeValue.Code()] = secs(s.cfg.leaseTime - s.cfg.leaseTime/8) // 7/8, without overflowing
 	}
 	if c.Firmware == FirmwareIPXE && !s.noIPXEOption {
 		o[optIPXEEncap] = ipxeNoProxyDHCP

@@ -3,6 +3,7 @@ package dhcp
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -149,8 +150,8 @@ func testLogger(t testing.TB) *slog.Logger {
 }
 
 // newTestServer returns a started server for 10.0.0.0/24 with a pool of
-// four addresses.
-func newTestServer(t testing.TB, mode Mode) *testServer {
+// four addresses, after applying opts to it.
+func newTestServer(t testing.TB, mode Mode, opts ...func(*Server)) *testServer {
 	t.Helper()
 	ts := &testServer{clock: newClock(), booter: &bootTable{}, store: &memStore{}}
 	ts.Server = &Server{
@@ -166,6 +167,9 @@ func newTestServer(t testing.TB, mode Mode) *testServer {
 		Leases:     ts.store,
 		Logger:     testLogger(t),
 		Now:        ts.clock.Now,
+	}
+	for _, o := range opts {
+		o(ts.Server)
 	}
 	if err := ts.start(t.Context()); err != nil {
 		t.Fatalf("start: %v", err)
@@ -277,6 +281,25 @@ func TestFullDORA(t *testing.T) {
 	}
 	if _, ok := ts.MACFor(ip); ok {
 		t.Errorf("MACFor(%v) reports a lease after expiry", ip)
+	}
+}
+
+// T1 and T2 are half and seven eighths of the lease (RFC 2131 section
+// 4.4.5), even for leases whose nanoseconds times 7 overflow.
+func TestLeaseTimes(t *testing.T) {
+	for _, lease := range []time.Duration{time.Hour, 50 * 365 * 24 * time.Hour} {
+		ts := newTestServer(t, ModeFull, func(s *Server) { s.LeaseTime = lease })
+		ack := ts.dora(t, macN(1))
+		secs := uint32(lease / time.Second)
+		for _, o := range []struct {
+			code uint8
+			want uint32
+		}{{51, secs}, {58, secs / 2}, {59, secs - secs/8}} {
+			v := ack.Options.Get(dhcpv4.GenericOptionCode(o.code))
+			if len(v) != 4 || binary.BigEndian.Uint32(v) != o.want {
+				t.Errorf("lease %v: option %d = % x; want %d", lease, o.code, v, o.want)
+			}
+		}
 	}
 }
 
