@@ -75,7 +75,14 @@ func (l *Lab) DHCP(ctx context.Context, c DHCPClient) DHCPAnswer {
 	if fw == "ipxe" && b.Loader == "pxelinux" {
 		return DHCPAnswer{IP: b.IP, Hostname: b.Name, BootFile: "pxelinux.0"}
 	}
-	return DHCPAnswer{IP: b.IP, Hostname: b.Name, BootFile: l.bootFile(fw)}
+	file := l.bootFile(fw)
+	if file == "" && pxeFirmware(fw) && l.unknownDue(c.MAC) {
+		// The board gets an address and nothing to boot: say why, once
+		// a minute, rather than leave it spinning in its firmware.
+		l.log.Warn("no boot program for this firmware: boot the board through U-Boot or iPXE",
+			"board", b.Name, "firmware", fw, "vendor_class", c.VendorClass)
+	}
+	return DHCPAnswer{IP: b.IP, Hostname: b.Name, BootFile: file}
 }
 
 // DHCPReply records a DHCP reply to a board. Replies with a boot program
@@ -119,6 +126,7 @@ func (l *Lab) takePending(board string) []Event {
 }
 
 // unknownEvery bounds how often an unknown machine is written to the store
+// (and a board whose firmware we can't boot is logged)
 // and the log: every DISCOVER and REQUEST of a PXE firmware retrying in a
 // loop would otherwise cost a commit and a log line each.
 const unknownEvery = time.Minute

@@ -497,6 +497,7 @@ func TestDHCPDecisions(t *testing.T) {
 		"initramfs":        {DHCPClient{MAC: macA, Firmware: "initramfs"}, DHCPAnswer{IP: ipA, Hostname: "board-a"}},
 		"unknown os":       {DHCPClient{MAC: macU, Firmware: "os"}, DHCPAnswer{}},
 		"unknown pxe":      {DHCPClient{MAC: macU, Firmware: "bios"}, DHCPAnswer{}},
+		"efi arm64":        {DHCPClient{MAC: macB, Firmware: "efi-arm64"}, DHCPAnswer{Hostname: "board-b"}},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -504,6 +505,10 @@ func TestDHCPDecisions(t *testing.T) {
 				t.Errorf("DHCP(%+v) = %+v; want %+v", tt.c, got, tt.want)
 			}
 		})
+	}
+	e.lab.DHCP(t.Context(), DHCPClient{MAC: macB, Firmware: "efi-arm64"})
+	if logs := e.logs.String(); strings.Count(logs, "no boot program for this firmware") != 1 || !strings.Contains(logs, "firmware=efi-arm64") {
+		t.Errorf("want one warning for board-b's efi-arm64 firmware in a minute; log:\n%s", logs)
 	}
 }
 
