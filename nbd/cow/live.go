@@ -101,27 +101,52 @@ func openLive(fsys FS, dir string, shift uint, chunks uint64, boot BootID, alloc
 		}
 	}
 	// New, from another boot, or damaged: start over from the durable
-	// state.
+	// state. The header is the commit point: a process killed before it
+	// is written leaves a live map that no open trusts, so the bits go
+	// first and the header, which vouches for them, last. Truncating to
+	// zero takes the old header away before anything else changes.
+	// (Nothing needs to be synced: a live map is only trusted within the
+	// boot that wrote it, and within one boot the page cache is the
+	// truth.)
 	if err := errors.Join(f.Truncate(0), f.Truncate(size)); err != nil {
 		f.Close()
 		return nil, nil, false, fmt.Errorf("resetting live map: %w", err)
 	}
+	l.mmap(size)
+	if err := l.fill(alloc, chunks); err != nil {
+		l.close()
+		return nil, nil, false, err
+	}
 	if _, err := f.WriteAt(appendLiveHeader(nil, shift, chunks, boot), 0); err != nil {
-		f.Close()
+		l.close()
 		return nil, nil, false, fmt.Errorf("writing live map: %w", err)
 	}
-	l.mmap(size)
-	var err2 error
-	alloc.setBits(func(c uint64) {
-		if err2 == nil {
-			err2 = l.update(c, c, alloc)
-		}
-	})
-	if err2 != nil {
-		l.close()
-		return nil, nil, false, err2
-	}
 	return l, nil, false, nil
+}
+
+// fill copies alloc into the live map's bits, which are all clear: one
+// bitmap leaf at a time, which is one write of 512 bytes when the map
+// isn't mapped, rather than one per chunk.
+func (l *live) fill(alloc *bitmap, chunks uint64) error {
+	nbytes := (chunks + 7) / 8
+	buf := make([]byte, leafWords*8)
+	for _, k := range alloc.leafKeys() {
+		// Chunk c is bit c%8 of byte c/8: the little-endian bytes of
+		// the leaf's words, in order.
+		for w, word := range alloc.leaves[k] {
+			binary.LittleEndian.PutUint64(buf[w*8:], word)
+		}
+		off := k * uint64(len(buf))
+		b := buf[:min(uint64(len(buf)), nbytes-off)]
+		if l.bits != nil {
+			copy(l.bits[off:], b)
+			continue
+		}
+		if _, err := l.f.WriteAt(b, liveBitsOff+int64(off)); err != nil {
+			return fmt.Errorf("writing live map: %w", err)
+		}
+	}
+	return nil
 }
 
 // mmap maps the bits when the file is an OS file; otherwise updates are
