@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/bits"
 	"os"
 	"path/filepath"
@@ -197,11 +198,20 @@ func Create(base Base, dir string, opts Options) (*Device, error) {
 // than the durable log (a crash of the process), which it then made
 // current.
 func (d *Device) openLive() (bool, error) {
-	path := filepath.Join(d.dir, liveName)
 	if d.boot == (BootID{}) {
-		// Without a boot ID a live map can't be trusted later: none.
-		os.Remove(path)
-		return false, nil
+		// Without a boot ID no live map is kept. One an earlier open in
+		// this boot left behind must go: the next open that can read the
+		// boot ID would trust it, and miss what this one writes. Emptied
+		// through d.fsys (not removed with os.Remove behind its back), and
+		// an open that can't do that fails.
+		f, err := d.fsys.OpenFile(filepath.Join(d.dir, liveName), os.O_RDWR|os.O_TRUNC, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("invalidating live map: %w", err)
+		}
+		return false, f.Close()
 	}
 	l, found, ok, err := openLive(d.fsys, d.dir, d.shift, uint64(d.size+int64(1)<<d.shift-1)>>d.shift, d.boot, d.alloc)
 	if err != nil {
