@@ -797,17 +797,23 @@ func (d *Device) compact() error {
 	if err == nil {
 		err = d.fsys.Rename(tmp, filepath.Join(d.dir, mapName))
 	}
-	if err == nil {
-		err = d.fsys.SyncDir(d.dir)
-	}
 	if err != nil {
+		// The old log is still the map: carry on appending to it.
 		f.Close()
 		return fmt.Errorf("compacting layer map: %w", err)
 	}
+	// From here on the name "map" is the new log, so later batches go to
+	// it, not to the unlinked old one.
 	d.meta.Close()
 	d.meta = f
 	d.seq = 1
 	d.logEnd = int64(len(b))
+	if err := d.fsys.SyncDir(d.dir); err != nil {
+		// Whether a power cut leaves the new log or the old one under
+		// the name is unknown, and batches appended to the new one would
+		// be lost with it: no Sync may succeed any more.
+		return d.fail(fmt.Errorf("compacting layer map: %w", err))
+	}
 	return nil
 }
 
