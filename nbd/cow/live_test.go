@@ -4,7 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestKilledLiveMapRebuildKeepsFlushedWrites kills the process (modelled
@@ -124,5 +131,116 @@ func TestOpenWithoutBootIDInvalidatesLiveMap(t *testing.T) {
 	defer d.Close()
 	if got := readAll(t, d); !bytes.Equal(got, want) {
 		t.Fatalf("byte %d differs: a stale live map hid a flushed write", firstDiff(got, want))
+	}
+}
+
+// zeroBase is a base image of zeroes, as large as wanted for nothing.
+type zeroBase int64
+
+func (z zeroBase) ReadAt(p []byte, off int64) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+func (z zeroBase) Size() int64 { return int64(z) }
+
+// fullFSEnv names, in the child process of TestFullFilesystemFailsCleanly,
+// the directory to mount a small tmpfs on.
+const fullFSEnv = "RACKBOOT_COW_FULLFS_DIR"
+
+// TestFullFilesystemFailsCleanly runs layers on a tmpfs that fills up. The
+// live map is a shared mapping: a store to a page the filesystem has no
+// space for raises SIGBUS, which kills the whole process. Every request
+// must instead fail cleanly or succeed, and a layer whose live map doesn't
+// fit must fail to open. The layers run in a child process (in user and
+// mount namespaces of its own, to mount the tmpfs), whose death would be
+// the failure.
+func TestFullFilesystemFailsCleanly(t *testing.T) {
+	if dir := os.Getenv(fullFSEnv); dir != "" {
+		fullFilesystemChild(t, dir)
+		return
+	}
+	if testing.Short() {
+		t.Skip("runs a child process")
+	}
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFullFilesystemFailsCleanly$", "-test.v")
+	cmd.Env = append(os.Environ(), fullFSEnv+"="+t.TempDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+	}
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Skipf("no user and mount namespaces for the child: %v", err)
+	}
+	if m := regexp.MustCompile(`--- SKIP.*\n.*`).Find(out); m != nil {
+		t.Skipf("child: %s", m)
+	}
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestFullFilesystemFailsCleanly")) {
+		t.Fatalf("child: %v\n%s", err, out[:min(len(out), 2000)]) // not the whole goroutine dump
+	}
+}
+
+func fullFilesystemChild(t *testing.T, dir string) {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		t.Skipf("making mounts private: %v", err)
+	}
+	if err := unix.Mount("rbcowfull", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("mounting a tmpfs: %v", err)
+	}
+	opts := Options{BootID: func() (BootID, error) { return BootID{1}, nil }}
+	layer := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// An 8 GiB device: its live map takes 260 KiB.
+	const size = 8 << 30
+	d, err := Create(zeroBase(size), layer("a"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.live.bits == nil {
+		t.Fatal("live map on tmpfs not mapped: this test is about stores to the mapping")
+	}
+	if _, err := d.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	// A 64 GiB device's live map (2 MiB) doesn't fit in the tmpfs.
+	if d, err := Create(zeroBase(64<<30), layer("b"), opts); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("Create with a live map larger than the filesystem: %v; want ENOSPC", err)
+		if err == nil {
+			d.Close()
+		}
+	}
+
+	filler, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{1 << 20, 4096} {
+		for {
+			if _, err := filler.Write(make([]byte, n)); err != nil {
+				break
+			}
+		}
+	}
+
+	if _, err := d.WriteAt(make([]byte, 4096), 1<<30); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("WriteAt on a full filesystem: %v; want ENOSPC", err)
+	}
+	// Neither needs data blocks, both change live map pages nothing has
+	// touched yet.
+	if err := d.WriteZeroes(4<<30, 16<<20, true); err != nil {
+		t.Errorf("WriteZeroes(punch) on a full filesystem: %v", err)
+	}
+	if err := d.Trim(0, size); err != nil {
+		t.Errorf("Trim on a full filesystem: %v", err)
 	}
 }
