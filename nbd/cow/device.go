@@ -498,20 +498,29 @@ func (d *Device) allocated(c uint64) bool {
 // or not, in memory and in the live map, before the write that made the
 // change is acknowledged: a crash of the server process then loses no
 // acknowledged write (see live.go).
+//
+// Only the runs of chunks whose state changes are visited and written to
+// the live map: a TRIM of a whole, mostly unwritten device skips the
+// absent bitmap leaves, and dirties no live map page it doesn't change.
 func (d *Device) markAllocated(first, last uint64, v bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	changed := false
-	for c := first; c <= last; c++ {
-		if d.alloc.set(c, v) {
-			d.changed.set(c, true)
-			changed = true
+	for c := first; c <= last; {
+		n, cur := d.alloc.runLength(c, last-c+1)
+		if cur != v {
+			for i := c; i < c+n; i++ {
+				d.alloc.set(i, v)
+				d.changed.set(i, true)
+			}
+			if d.live != nil {
+				if err := d.live.update(c, c+n-1, d.alloc); err != nil {
+					return err
+				}
+			}
 		}
+		c += n
 	}
-	if !changed || d.live == nil {
-		return nil
-	}
-	return d.live.update(first, last, d.alloc)
+	return nil
 }
 
 // appendBatch appends a batch to the log, unsynced.
