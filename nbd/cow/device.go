@@ -91,7 +91,9 @@ func (o Options) bootID() BootID {
 // Open finds every write completed before the last successful Sync; a write
 // not covered by a Sync reads as either its old or its new contents. A
 // failed fsync makes the device fail every later request (the kernel may
-// have dropped the dirty pages), and the session should be discarded.
+// have dropped the dirty pages), as does a failed write of the live map
+// (it no longer covers acknowledged writes), and the session should be
+// discarded.
 type Device struct {
 	base       Base
 	size       int64
@@ -514,7 +516,11 @@ func (d *Device) markAllocated(first, last uint64, v bool) error {
 			}
 			if d.live != nil {
 				if err := d.live.update(c, c+n-1, d.alloc); err != nil {
-					return err
+					// The live map now misses state that later requests
+					// may not change again (a write to a chunk already in
+					// the layer touches no live map), so a crash would
+					// lose them after they were acknowledged.
+					return d.fail(err)
 				}
 			}
 		}

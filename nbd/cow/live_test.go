@@ -283,3 +283,48 @@ func TestTrimWritesOnlyChangedLiveMapBytes(t *testing.T) {
 		t.Errorf("Allocated() = %d; want %d", got, 64*chunk)
 	}
 }
+
+// TestFailedLiveMapWriteFailsDevice fails the live map update of a first,
+// partial write to a chunk. The chunk is in the layer now, in memory but
+// not in the live map, so a later write to it changes no allocation and
+// touches no live map: were it acknowledged, a crash of the process would
+// lose it. The device must fail instead.
+func TestFailedLiveMapWriteFailsDevice(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(47, 48))
+	base := randomBase(rng, 16*4096)
+	fsys := newMemFS()
+	opts := Options{FS: fsys, BootID: func() (BootID, error) { return BootID{1}, nil }}
+	d, err := Create(base, "layer", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eio := &os.PathError{Op: "write", Path: "layer/live", Err: syscall.EIO}
+	fsys.failWrite = func(name string, off int64, n int) error {
+		if name == "layer/live" {
+			return eio
+		}
+		return nil
+	}
+	if _, err := d.WriteAt([]byte("first"), 3*4096); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("WriteAt with a failing live map: %v; want EIO", err)
+	}
+	fsys.failWrite = nil
+	want := append([]byte(nil), base...)
+	if _, err := d.WriteAt([]byte("second"), 3*4096); err == nil {
+		// Acknowledged (and covering the failed write): it must survive
+		// a crash.
+		copy(want[3*4096:], "second")
+	} else if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("WriteAt after a failed live map write: %v; want EIO", err)
+	}
+	// kill -9, restart in the same boot.
+	d, err = Open(base, "layer", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if got := readAll(t, d); !bytes.Equal(got, want) {
+		t.Errorf("after a process crash, byte %d differs: an acknowledged write was lost", firstDiff(got, want))
+	}
+}
