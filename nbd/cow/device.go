@@ -233,8 +233,8 @@ func newDevice(base Base, opts Options, fsys FS, dir string, shift uint, data, m
 		cm = 1 << 20
 	}
 	var dataReader io.ReaderAt = data
-	if f, ok := data.(*os.File); ok {
-		dataReader = rawio.NewFile(f)
+	if f, ok := data.(osFile); ok { // what OSFS opens
+		dataReader = rawio.NewFile(f.File)
 	}
 	return &Device{
 		base: base, size: base.Size(), shift: shift, fsys: fsys, dir: dir, compactMin: cm, boot: opts.bootID(),

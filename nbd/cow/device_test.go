@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/rackboot/rackboot/internal/rawio"
 )
 
 // newTestDevice creates a layer over a random base in a memFS.
@@ -504,5 +506,30 @@ func TestFailedDirSyncInCompactionFailsDevice(t *testing.T) {
 	defer d.Close()
 	if got := readAll(t, d); !bytes.Equal(got, want) {
 		t.Errorf("after a power cut, byte %d differs: a flushed write was lost", firstDiff(got, want))
+	}
+}
+
+// TestLayerReadsUseRawIO checks that a layer on the real filesystem reads
+// its data file through rawio, which skips the scheduler on page cache
+// hits like the base image does, and that those reads return the layer's
+// data.
+func TestLayerReadsUseRawIO(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	d, err := Create(zeroBase(1<<20), dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, ok := d.dataReader.(*rawio.File); !ok {
+		t.Errorf("layer data read through %T; want *rawio.File", d.dataReader)
+	}
+	p := bytes.Repeat([]byte{7}, 8192)
+	if _, err := d.WriteAt(p, 4096); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(p))
+	if _, err := d.ReadAt(got, 4096); err != nil || !bytes.Equal(got, p) {
+		t.Errorf("ReadAt of written chunks = %v, equal: %v", err, bytes.Equal(got, p))
 	}
 }
