@@ -104,14 +104,19 @@ func (b *bitmap) runLength(i, max uint64) (uint64, bool) {
 	return max, v
 }
 
-// setBits calls f for each set bit in ascending order.
-func (b *bitmap) setBits(f func(i uint64)) {
+// leafKeys returns the keys of the leaves in ascending order.
+func (b *bitmap) leafKeys() []uint64 {
 	keys := make([]uint64, 0, len(b.leaves))
 	for k := range b.leaves {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	for _, k := range keys {
+	return keys
+}
+
+// setBits calls f for each set bit in ascending order.
+func (b *bitmap) setBits(f func(i uint64)) {
+	for _, k := range b.leafKeys() {
 		l := b.leaves[k]
 		for w, word := range l {
 			for word != 0 {

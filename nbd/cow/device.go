@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/bits"
 	"os"
 	"path/filepath"
@@ -90,7 +91,9 @@ func (o Options) bootID() BootID {
 // Open finds every write completed before the last successful Sync; a write
 // not covered by a Sync reads as either its old or its new contents. A
 // failed fsync makes the device fail every later request (the kernel may
-// have dropped the dirty pages), and the session should be discarded.
+// have dropped the dirty pages), as does a failed write of the live map
+// (it no longer covers acknowledged writes), and the session should be
+// discarded.
 type Device struct {
 	base       Base
 	size       int64
@@ -197,11 +200,20 @@ func Create(base Base, dir string, opts Options) (*Device, error) {
 // than the durable log (a crash of the process), which it then made
 // current.
 func (d *Device) openLive() (bool, error) {
-	path := filepath.Join(d.dir, liveName)
 	if d.boot == (BootID{}) {
-		// Without a boot ID a live map can't be trusted later: none.
-		os.Remove(path)
-		return false, nil
+		// Without a boot ID no live map is kept. One an earlier open in
+		// this boot left behind must go: the next open that can read the
+		// boot ID would trust it, and miss what this one writes. Emptied
+		// through d.fsys (not removed with os.Remove behind its back), and
+		// an open that can't do that fails.
+		f, err := d.fsys.OpenFile(filepath.Join(d.dir, liveName), os.O_RDWR|os.O_TRUNC, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("invalidating live map: %w", err)
+		}
+		return false, f.Close()
 	}
 	l, found, ok, err := openLive(d.fsys, d.dir, d.shift, uint64(d.size+int64(1)<<d.shift-1)>>d.shift, d.boot, d.alloc)
 	if err != nil {
@@ -221,8 +233,8 @@ func newDevice(base Base, opts Options, fsys FS, dir string, shift uint, data, m
 		cm = 1 << 20
 	}
 	var dataReader io.ReaderAt = data
-	if f, ok := data.(*os.File); ok {
-		dataReader = rawio.NewFile(f)
+	if f, ok := data.(osFile); ok { // what OSFS opens
+		dataReader = rawio.NewFile(f.File)
 	}
 	return &Device{
 		base: base, size: base.Size(), shift: shift, fsys: fsys, dir: dir, compactMin: cm, boot: opts.bootID(),
@@ -488,20 +500,33 @@ func (d *Device) allocated(c uint64) bool {
 // or not, in memory and in the live map, before the write that made the
 // change is acknowledged: a crash of the server process then loses no
 // acknowledged write (see live.go).
+//
+// Only the runs of chunks whose state changes are visited and written to
+// the live map: a TRIM of a whole, mostly unwritten device skips the
+// absent bitmap leaves, and dirties no live map page it doesn't change.
 func (d *Device) markAllocated(first, last uint64, v bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	changed := false
-	for c := first; c <= last; c++ {
-		if d.alloc.set(c, v) {
-			d.changed.set(c, true)
-			changed = true
+	for c := first; c <= last; {
+		n, cur := d.alloc.runLength(c, last-c+1)
+		if cur != v {
+			for i := c; i < c+n; i++ {
+				d.alloc.set(i, v)
+				d.changed.set(i, true)
+			}
+			if d.live != nil {
+				if err := d.live.update(c, c+n-1, d.alloc); err != nil {
+					// The live map now misses state that later requests
+					// may not change again (a write to a chunk already in
+					// the layer touches no live map), so a crash would
+					// lose them after they were acknowledged.
+					return d.fail(err)
+				}
+			}
 		}
+		c += n
 	}
-	if !changed || d.live == nil {
-		return nil
-	}
-	return d.live.update(first, last, d.alloc)
+	return nil
 }
 
 // appendBatch appends a batch to the log, unsynced.
@@ -787,17 +812,23 @@ func (d *Device) compact() error {
 	if err == nil {
 		err = d.fsys.Rename(tmp, filepath.Join(d.dir, mapName))
 	}
-	if err == nil {
-		err = d.fsys.SyncDir(d.dir)
-	}
 	if err != nil {
+		// The old log is still the map: carry on appending to it.
 		f.Close()
 		return fmt.Errorf("compacting layer map: %w", err)
 	}
+	// From here on the name "map" is the new log, so later batches go to
+	// it, not to the unlinked old one.
 	d.meta.Close()
 	d.meta = f
 	d.seq = 1
 	d.logEnd = int64(len(b))
+	if err := d.fsys.SyncDir(d.dir); err != nil {
+		// Whether a power cut leaves the new log or the old one under
+		// the name is unknown, and batches appended to the new one would
+		// be lost with it: no Sync may succeed any more.
+		return d.fail(fmt.Errorf("compacting layer map: %w", err))
+	}
 	return nil
 }
 

@@ -72,6 +72,9 @@ func (f osFile) Sync() error {
 	}
 }
 
+// Allocate gives [off, off+n) disk space, extending the file if needed.
+func (f osFile) Allocate(off, n int64) error { return f.fallocate(0, off, n) }
+
 func (f osFile) PunchHole(off, n int64) error {
 	return f.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 }
@@ -92,6 +95,7 @@ func (f osFile) fallocate(mode uint32, off, n int64) error {
 	}
 }
 
+type allocator interface{ Allocate(off, n int64) error }
 type holePuncher interface{ PunchHole(off, n int64) error }
 type rangeZeroer interface{ ZeroRange(off, n int64) error }
 

@@ -26,10 +26,12 @@ import (
 // before a FLUSH must survive the process. The data file's pages survive
 // in the page cache, and so does the live map, which every state change
 // updates before the write is acknowledged: through a shared mapping of
-// the file, a few memory stores and no system call. On open, a live map
-// written under the running kernel (same boot ID) is the truth and is made
-// durable at once; one from an earlier boot (a power loss, a reboot) may
-// not have reached the disk with its data, and the durable map log wins.
+// the file, a few memory stores and no system call, where the filesystem
+// makes that safe (see live.back), or else a write to the file. On open,
+// a live map written under the running kernel (same boot ID) is the truth
+// and is made durable at once; one from an earlier boot (a power loss, a
+// reboot) may not have reached the disk with its data, and the durable
+// map log wins.
 const (
 	liveMagic     = "RBCOWLIV"
 	liveVersion   = 1
@@ -91,7 +93,10 @@ func openLive(fsys FS, dir string, shift uint, chunks uint64, boot BootID, alloc
 	size := liveSize(chunks)
 	if fi, err := f.Stat(); err == nil && fi.Size() == size && n == liveHeaderLen {
 		if b, ok := parseLiveHeader(hdr, shift, chunks); ok && b == boot {
-			l.mmap(size)
+			if err := l.back(size); err != nil {
+				l.close()
+				return nil, nil, false, err
+			}
 			found, err := l.read(chunks)
 			if err != nil {
 				l.close()
@@ -101,40 +106,99 @@ func openLive(fsys FS, dir string, shift uint, chunks uint64, boot BootID, alloc
 		}
 	}
 	// New, from another boot, or damaged: start over from the durable
-	// state.
+	// state. The header is the commit point: a process killed before it
+	// is written leaves a live map that no open trusts, so the bits go
+	// first and the header, which vouches for them, last. Truncating to
+	// zero takes the old header away before anything else changes.
+	// (Nothing needs to be synced: a live map is only trusted within the
+	// boot that wrote it, and within one boot the page cache is the
+	// truth.)
 	if err := errors.Join(f.Truncate(0), f.Truncate(size)); err != nil {
 		f.Close()
 		return nil, nil, false, fmt.Errorf("resetting live map: %w", err)
 	}
-	if _, err := f.WriteAt(appendLiveHeader(nil, shift, chunks, boot), 0); err != nil {
-		f.Close()
-		return nil, nil, false, fmt.Errorf("writing live map: %w", err)
-	}
-	l.mmap(size)
-	var err2 error
-	alloc.setBits(func(c uint64) {
-		if err2 == nil {
-			err2 = l.update(c, c, alloc)
-		}
-	})
-	if err2 != nil {
+	if err := l.back(size); err != nil {
 		l.close()
-		return nil, nil, false, err2
+		return nil, nil, false, err
+	}
+	if err := l.fill(alloc, chunks); err != nil {
+		l.close()
+		return nil, nil, false, err
+	}
+	if _, err := f.WriteAt(appendLiveHeader(nil, shift, chunks, boot), 0); err != nil {
+		l.close()
+		return nil, nil, false, fmt.Errorf("writing live map: %w", err)
 	}
 	return l, nil, false, nil
 }
 
-// mmap maps the bits when the file is an OS file; otherwise updates are
-// written through the file (tests' in-memory filesystem).
-func (l *live) mmap(size int64) {
+// fill copies alloc into the live map's bits, which are all clear: one
+// bitmap leaf at a time, which is one write of 512 bytes when the map
+// isn't mapped, rather than one per chunk.
+func (l *live) fill(alloc *bitmap, chunks uint64) error {
+	nbytes := (chunks + 7) / 8
+	buf := make([]byte, leafWords*8)
+	for _, k := range alloc.leafKeys() {
+		// Chunk c is bit c%8 of byte c/8: the little-endian bytes of
+		// the leaf's words, in order.
+		for w, word := range alloc.leaves[k] {
+			binary.LittleEndian.PutUint64(buf[w*8:], word)
+		}
+		off := k * uint64(len(buf))
+		b := buf[:min(uint64(len(buf)), nbytes-off)]
+		if l.bits != nil {
+			copy(l.bits[off:], b)
+			continue
+		}
+		if _, err := l.f.WriteAt(b, liveBitsOff+int64(off)); err != nil {
+			return fmt.Errorf("writing live map: %w", err)
+		}
+	}
+	return nil
+}
+
+// back gives every block of the live map disk space and then, where that
+// guarantees that a store through a shared mapping can't fault, maps the
+// bits; otherwise updates are written through the file (and tests'
+// in-memory filesystem never maps).
+//
+// A store to a mapped page the filesystem can't find space for raises
+// SIGBUS, and the Go runtime dies of it: the whole server, every session,
+// for a TRIM on a full disk. Allocating up front turns that into an open
+// that fails with ENOSPC. It is enough only where the filesystem writes
+// allocated blocks in place (ext4, XFS, tmpfs); copy-on-write filesystems
+// (btrfs, ZFS, bcachefs) need new space for every write back, and on them
+// and on filesystems not known here, as where fallocate isn't supported,
+// a write through the file fails cleanly instead.
+func (l *live) back(size int64) error {
+	a, ok := l.f.(allocator)
+	if !ok {
+		return nil
+	}
+	if err := a.Allocate(0, size); err != nil {
+		if unsupported(err) {
+			return nil
+		}
+		return fmt.Errorf("allocating live map: %w", err)
+	}
 	fd, ok := l.f.(interface{ Fd() uintptr })
 	if !ok || size <= liveBitsOff {
-		return
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(fd.Fd()), &st); err != nil {
+		return nil
+	}
+	switch st.Type {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.TMPFS_MAGIC:
+	default:
+		return nil
 	}
 	b, err := unix.Mmap(int(fd.Fd()), liveBitsOff, int(size-liveBitsOff), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err == nil {
 		l.bits = b
 	}
+	return nil
 }
 
 // read returns the chunks the live map holds.

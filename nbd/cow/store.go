@@ -84,8 +84,15 @@ type Store struct {
 	opts Options
 	lock *os.File
 
-	mu      sync.Mutex
-	open    map[string]*openSession
+	mu   sync.Mutex
+	open map[string]*openSession
+	// leaving holds the sessions being closed or discarded, each with a
+	// channel closed when that is done. Closing a Device waits for its
+	// requests, and a read stuck sending to a client that stopped
+	// reading holds it for the server's write timeout: that wait (and
+	// the final fsync) happen without mu, so the rest of the store
+	// carries on, and requests for the name wait for the channel.
+	leaving map[string]chan struct{}
 	nextSeq uint64
 }
 
@@ -135,7 +142,7 @@ func OpenStore(dir string, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("session store %s: %w", dir, ErrStoreLocked)
 	}
-	s := &Store{dir: root, opts: opts, lock: lock, open: make(map[string]*openSession)}
+	s := &Store{dir: root, opts: opts, lock: lock, open: make(map[string]*openSession), leaving: make(map[string]chan struct{})}
 	entries, err := os.ReadDir(root)
 	if err != nil {
 		lock.Close()
@@ -189,6 +196,7 @@ func (s *Store) Info(name string) (SessionInfo, error) {
 		return SessionInfo{}, fmt.Errorf("session %q: %w", name, fs.ErrNotExist)
 	}
 	s.mu.Lock()
+	s.awaitLeft(name)
 	if o := s.open[name]; o != nil && !o.dying {
 		info := o.info
 		info.Handles = o.refs
@@ -213,6 +221,7 @@ func (s *Store) Open(name string, base Base, spec SessionSpec) (*Session, error)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.awaitLeft(name)
 	if o := s.open[name]; o != nil {
 		if o.info.BaseID != baseID(base) {
 			return nil, fmt.Errorf("session %q: %w", name, ErrBaseChanged)
@@ -339,14 +348,44 @@ func writeFileSync(path string, b []byte) error {
 	return errors.Join(err, f.Sync(), f.Close())
 }
 
+// awaitLeft waits until no session of that name is leaving. The caller
+// holds s.mu, which is released while waiting.
+func (s *Store) awaitLeft(name string) {
+	for {
+		ch := s.leaving[name]
+		if ch == nil {
+			return
+		}
+		s.mu.Unlock()
+		<-ch
+		s.mu.Lock()
+	}
+}
+
+// leave marks name as leaving and returns the function that ends that.
+// The caller holds s.mu and has removed the name from s.open.
+func (s *Store) leave(name string) func() {
+	ch := make(chan struct{})
+	s.leaving[name] = ch
+	return func() {
+		s.mu.Lock()
+		delete(s.leaving, name)
+		s.mu.Unlock()
+		close(ch)
+	}
+}
+
 func (s *Store) release(name string, o *openSession) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	o.refs--
 	if o.refs > 0 || o.dying || s.open[name] != o {
+		s.mu.Unlock()
 		return nil
 	}
 	delete(s.open, name)
+	done := s.leave(name)
+	s.mu.Unlock()
+	defer done()
 	err := o.dev.Close()
 	o.lock.Close()
 	return err
@@ -415,18 +454,26 @@ func diskUsage(dir string) int64 {
 // Discard deletes a session and its writes. Handles open in this process
 // are cut off: their requests fail from now on. A session another process
 // holds open fails with ErrSessionBusy. Discarding a session that doesn't
-// exist returns an error wrapping fs.ErrNotExist.
+// exist returns an error wrapping fs.ErrNotExist. Discard waits for the
+// session's requests in flight; other sessions carry on meanwhile, and an
+// Open of the same name waits for the discard and creates a new session.
 func (s *Store) Discard(name string) error {
 	if !ValidSessionName(name) {
 		return fmt.Errorf("session %q: %w", name, fs.ErrNotExist)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	var lock *os.File
-	if o := s.open[name]; o != nil {
+	s.awaitLeft(name)
+	o := s.open[name]
+	if o != nil {
 		o.dying = true
 		delete(s.open, name)
-		o.dev.abandon()
+	}
+	done := s.leave(name)
+	s.mu.Unlock()
+	defer done()
+	var lock *os.File
+	if o != nil {
+		o.dev.abandon() // waits for the session's requests
 		lock = o.lock
 	} else {
 		l, err := lockSession(filepath.Join(s.dir, name))
@@ -490,6 +537,12 @@ func (s *Store) DiscardOlder(owner string) ([]string, error) {
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for len(s.leaving) > 0 { // closes and discards still finishing
+		for name := range s.leaving {
+			s.awaitLeft(name)
+			break
+		}
+	}
 	var errs []error
 	for name, o := range s.open {
 		errs = append(errs, o.dev.Close())
