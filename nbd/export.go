@@ -55,6 +55,10 @@ var ErrReadOnly = errors.New("read-only device")
 type Export struct {
 	// Name is the export name as the client asked for it.
 	Name string
+	// LogName is what the server's log calls the export; empty means
+	// Name. Set it when the name is a secret, such as a capability
+	// token, that must not reach a log.
+	LogName string
 	// Description is an optional human-readable text (NBD_INFO_DESCRIPTION).
 	Description string
 	// Device serves the data.

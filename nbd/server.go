@@ -276,7 +276,11 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	if exp == nil {
 		return
 	}
-	log := c.log.With("export", exp.Name)
+	logName := exp.LogName
+	if logName == "" {
+		logName = exp.Name
+	}
+	log := c.log.With("export", logName)
 	c.log = log
 	log.Debug("export opened")
 	c.transmit(ctx, exp)
@@ -614,8 +618,8 @@ const sendfileMin = 64 << 10
 // sendfile(2). It reports false, having sent nothing, when the device or
 // connection can't do that (the caller then reads into memory) or when the
 // device failed before anything was sent (the caller replies with the
-// error). Once the
-// header is out, a failure can't be reported to the client any more: the
+// error). Once writing the header has begun, a failure can't be reported
+// to the client any more (a partial header would corrupt the stream): the
 // connection is closed, as the protocol requires.
 func (c *conn) sendFiles(fr FileReader, req request) (bool, error) {
 	tc, ok := c.nc.(*net.TCPConn)
@@ -637,10 +641,10 @@ func (c *conn) sendFiles(fr FileReader, req request) (bool, error) {
 			var h [replyHeaderLen]byte
 			putReply(h[:], 0, req.handle)
 			c.nc.SetWriteDeadline(time.Now().Add(orDefault(c.s.WriteTimeout, DefaultWriteTimeout)))
+			started = true // even if the write fails: part may be out
 			if _, err := c.nc.Write(h[:]); err != nil {
 				return err
 			}
-			started = true
 		}
 		return sendfile(raw, f, off, n)
 	})
@@ -706,6 +710,11 @@ func (c *conn) do(exp *Export, req request, payload []byte) (uint32, []byte) {
 	switch {
 	case writing && exp.ReadOnly:
 		return errPerm, nil
+	case req.typ == cmdTrim && !inRange:
+		// proto.md: EINVAL for a read or trim beyond the end, ENOSPC
+		// for a write.
+		c.log.Warn("trim beyond end", "offset", req.offset, "len", req.length)
+		return errInval, nil
 	case writing && !inRange:
 		c.log.Warn("write beyond end", "cmd", commandName(req.typ), "offset", req.offset, "len", req.length)
 		return errNoSpc, nil

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -417,7 +418,7 @@ func TestTransmission(t *testing.T) {
 	}{
 		"read past end":        {func() error { _, err := c.ReadAt(make([]byte, 10), 1<<20-5); return err }, errInval},
 		"write past end":       {func() error { _, err := c.WriteAt(make([]byte, 10), 1<<20-5); return err }, errNoSpc},
-		"trim past end":        {func() error { return c.Trim(1<<20, 1) }, errNoSpc},
+		"trim past end":        {func() error { return c.Trim(1<<20, 1) }, errInval},
 		"offset overflow":      {func() error { _, err := c.ReadAt(make([]byte, 10), -1); return err }, errInval},
 		"read too large":       {func() error { _, err := c.ReadAt(make([]byte, MaxPayload+1), 0); return err }, errInval},
 		"write too large":      {func() error { _, err := c.WriteAt(make([]byte, MaxPayload+1), 0); return err }, errInval},
@@ -463,6 +464,47 @@ func TestTransmission(t *testing.T) {
 			t.Errorf("read of good range after EIO: %v", err)
 		}
 	})
+}
+
+// An export whose name is a secret is logged by its LogName, also on the
+// warnings of the transmission phase.
+func TestLogName(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	res := mapResolver{"tok3n": {Name: "tok3n", LogName: "board-a@1234", Device: newMemDevice(1 << 20)}}
+	addr := startServer(t, &Server{
+		Resolver: res,
+		Logger:   slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	c, err := Dial(t.Context(), addr, "tok3n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteAt(make([]byte, 10), 1<<20-5); err == nil {
+		t.Fatal("write past the end worked")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), `msg="write beyond end"`) || !strings.Contains(logs.String(), "export=board-a@1234") {
+		t.Errorf("want the warning, naming the export by its LogName; log:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "tok3n") {
+		t.Errorf("the export's name is logged:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func TestBadRequestMagicDisconnects(t *testing.T) {

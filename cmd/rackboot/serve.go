@@ -410,7 +410,9 @@ func (r labResolver) Open(ctx context.Context, name string, peer netip.AddrPort)
 		return nil, err
 	}
 	return &nbd.Export{
-		Name: name, Description: "root of " + rec.Board, Device: s, MultiConn: true,
+		// The name is the boot's token; the session's name is derived
+		// from it one way.
+		Name: name, LogName: rec.Session, Description: "root of " + rec.Board, Device: s, MultiConn: true,
 		Release: func() { s.Close() },
 	}, nil
 }
