@@ -28,6 +28,10 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultMaxConnections is the default for [NBD.MaxConnections].
 	DefaultMaxConnections = 1024
+	// DefaultMaxConnectionsPerPeer is the default for
+	// [NBD.MaxConnectionsPerPeer]: a board's root takes one connection,
+	// and one more while the agent reconnects it.
+	DefaultMaxConnectionsPerPeer = 16
 	// DefaultDHCPMode is the default for [DHCP.Mode]: no DHCP server.
 	DefaultDHCPMode = "off"
 	// DefaultLeaseTime is the default for [DHCP.LeaseTime].
@@ -91,6 +95,10 @@ type NBD struct {
 	// MaxConnections is the maximum number of concurrent NBD connections,
 	// at least 1. Default DefaultMaxConnections.
 	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerPeer is the maximum number of concurrent NBD
+	// connections from one address, so that one board can't take every
+	// connection; 0 means no limit. Default DefaultMaxConnectionsPerPeer.
+	MaxConnectionsPerPeer int `yaml:"max_connections_per_peer"`
 }
 
 // Image is a base image that boards boot from. Boards never write to it:
@@ -201,9 +209,10 @@ func defaults() *Config {
 	return &Config{
 		LogLevel: DefaultLogLevel,
 		NBD: NBD{
-			Listen:         DefaultNBDListen,
-			DrainTimeout:   DefaultDrainTimeout,
-			MaxConnections: DefaultMaxConnections,
+			Listen:                DefaultNBDListen,
+			DrainTimeout:          DefaultDrainTimeout,
+			MaxConnections:        DefaultMaxConnections,
+			MaxConnectionsPerPeer: DefaultMaxConnectionsPerPeer,
 		},
 		DHCP: DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
 		TFTP: TFTP{Listen: DefaultTFTPListen},
@@ -219,7 +228,7 @@ func defaults() *Config {
 // [errors.Join] and sorted by line, each as "file:line: field: problem",
 // for example
 //
-//	rackboot.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections)
+//	rackboot.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections, max_connections_per_peer)
 //
 // If the file cannot be read the error wraps the [fs.PathError]'s cause,
 // so errors.Is(err, fs.ErrNotExist) reports a missing file.
@@ -284,6 +293,9 @@ func (c *Config) validate(l *errorList, dir string) {
 	}
 	if c.NBD.MaxConnections < 1 {
 		l.addf("nbd.max_connections", "must be at least 1, got %d", c.NBD.MaxConnections)
+	}
+	if c.NBD.MaxConnectionsPerPeer < 0 {
+		l.addf("nbd.max_connections_per_peer", "must be 0 (no limit) or more, got %d", c.NBD.MaxConnectionsPerPeer)
 	}
 
 	names := map[string]string{} // name → path of its first use

@@ -66,7 +66,7 @@ images:
 					Image{Name: "minimal", Path: "/srv/minimal.img"},
 					Image{Name: "Debian-12.5_arm64", Path: "/srv/debian.img"})
 				c.LogLevel = "debug"
-				c.NBD = NBD{Listen: "127.0.0.1:0", DrainTimeout: 90 * time.Second, MaxConnections: 1000}
+				c.NBD = NBD{Listen: "127.0.0.1:0", DrainTimeout: 90 * time.Second, MaxConnections: 1000, MaxConnectionsPerPeer: DefaultMaxConnectionsPerPeer}
 				return c
 			}(),
 		},
@@ -74,7 +74,7 @@ images:
 			in: "state_dir: /s\nnbd: {listen: \"[::1]:10809\", max_connections: 0x10}\n",
 			want: func() *Config {
 				c := withDefaults("/s")
-				c.NBD = NBD{Listen: "[::1]:10809", DrainTimeout: DefaultDrainTimeout, MaxConnections: 16}
+				c.NBD = NBD{Listen: "[::1]:10809", DrainTimeout: DefaultDrainTimeout, MaxConnections: 16, MaxConnectionsPerPeer: DefaultMaxConnectionsPerPeer}
 				return c
 			}(),
 		},
@@ -204,7 +204,7 @@ boards:
 		},
 		"unknown nested field": {
 			in:   "state_dir: /s\nnbd:\n  lisen: :1\n",
-			want: []string{"t.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections)"},
+			want: []string{"t.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections, max_connections_per_peer)"},
 		},
 		"unknown field with odd name": {
 			in:   "state_dir: /s\n\"a\\nb\": 1\n",
@@ -356,7 +356,7 @@ images:
 		},
 		"sibling validation still runs after unknown field": {
 			in:   "nbd:\n  lisen: :1\n  max_connections: 0\n",
-			want: []string{"t.yaml: state_dir: required", "t.yaml:2: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections)", "t.yaml:3: nbd.max_connections: must be at least 1, got 0"},
+			want: []string{"t.yaml: state_dir: required", "t.yaml:2: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections, max_connections_per_peer)", "t.yaml:3: nbd.max_connections: must be at least 1, got 0"},
 		},
 		"all errors sorted by line": {
 			in: `images:
@@ -377,7 +377,7 @@ images: []
 				`t.yaml:6: nbd.listen: invalid host:port "foo:bar": port must be a number from 0 to 65535`,
 				"t.yaml:7: nbd.drain_timeout: must be positive, got 0s",
 				"t.yaml:8: nbd.max_connections: must be at least 1, got -1",
-				"t.yaml:9: nbd.extra: unknown field (known: listen, drain_timeout, max_connections)",
+				"t.yaml:9: nbd.extra: unknown field (known: listen, drain_timeout, max_connections, max_connections_per_peer)",
 				"t.yaml:10: images: duplicate key (first at line 1)",
 			},
 		},

@@ -22,6 +22,8 @@
 //	  drain_timeout: 30s
 //	  # Maximum number of concurrent NBD connections.
 //	  max_connections: 1024
+//	  # ... and from one address (one board); 0 means no limit.
+//	  max_connections_per_peer: 16
 //
 //	# Read-only base images. A board boots the NBD export NAME@SESSION and its
 //	# writes go to a layer in state_dir, so names cannot contain '@'.
@@ -88,7 +90,7 @@
 // [errors.Join] and sorted by line. Each names the file, the line and the
 // field:
 //
-//	rackboot.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections)
+//	rackboot.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections, max_connections_per_peer)
 //	rackboot.yaml:7: nbd.listen: invalid host:port "foo:bar": port must be a number from 0 to 65535
 //	rackboot.yaml:12: images[1].name: duplicate image name "minimal" (first at line 9)
 //

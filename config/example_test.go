@@ -47,7 +47,7 @@ images:
 	_, err := config.Parse("rackboot.yaml", data, "/etc/rackboot")
 	fmt.Println(err)
 	// Output:
-	// rackboot.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections)
+	// rackboot.yaml:3: nbd.lisen: unknown field (known: listen, drain_timeout, max_connections, max_connections_per_peer)
 	// rackboot.yaml:4: nbd.max_connections: want an integer, got string "many"
 	// rackboot.yaml:8: images[1].name: duplicate image name "minimal" (first at line 6)
 }

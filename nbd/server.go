@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sys/unix"
 
 	"github.com/rackboot/rackboot/internal/rawio"
@@ -31,6 +32,12 @@ const (
 	// handled at once; the server stops reading from a connection that has
 	// this many outstanding and lets TCP push back.
 	DefaultMaxInFlight = 128
+	// DefaultMaxBytesInFlight bounds the bytes of one connection's
+	// requests being handled at once (their lengths): with a client
+	// that stops reading replies, what the connection can pin in
+	// memory. It is twice MaxPayload, so that the largest requests
+	// still overlap.
+	DefaultMaxBytesInFlight = 2 * MaxPayload
 	// DefaultHandshakeTimeout bounds the whole option haggling phase.
 	DefaultHandshakeTimeout = 30 * time.Second
 	// DefaultWriteTimeout bounds the sending of one reply.
@@ -81,9 +88,17 @@ type Server struct {
 	// MaxConnections bounds concurrent connections; 0 means
 	// DefaultMaxConnections.
 	MaxConnections int
+	// MaxConnectionsPerPeer bounds the concurrent connections from one
+	// IP address, so that one client can't take every connection slot;
+	// 0 means no bound.
+	MaxConnectionsPerPeer int
 	// MaxInFlight bounds concurrent requests per connection; 0 means
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxBytesInFlight bounds the total length of a connection's
+	// requests being handled at once; 0 means DefaultMaxBytesInFlight.
+	// Values below MaxPayload are raised to it.
+	MaxBytesInFlight int
 	// HandshakeTimeout bounds option haggling; 0 means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
@@ -93,9 +108,10 @@ type Server struct {
 	// DrainTimeout bounds the shutdown drain; 0 means DefaultDrainTimeout.
 	DrainTimeout time.Duration
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	perPeer map[netip.Addr]int
+	wg      sync.WaitGroup
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -164,7 +180,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			nc.Close()
 			continue
 		}
-		s.track(nc, true)
+		if !s.track(nc, true) {
+			<-slots
+			log.Warn("too many connections from one address, closing new one", "peer", nc.RemoteAddr().String(),
+				"max", s.MaxConnectionsPerPeer)
+			nc.Close()
+			continue
+		}
 		s.wg.Go(func() {
 			defer func() { <-slots }()
 			defer s.track(nc, false)
@@ -182,17 +204,29 @@ func isTemporary(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED)
 }
 
-func (s *Server) track(nc net.Conn, add bool) {
+// track adds nc to the connections being served, or removes it. Adding
+// fails when its peer already has MaxConnectionsPerPeer.
+func (s *Server) track(nc net.Conn, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns == nil {
 		s.conns = make(map[net.Conn]struct{})
+		s.perPeer = make(map[netip.Addr]int)
 	}
-	if add {
-		s.conns[nc] = struct{}{}
-	} else {
+	ip := peerAddr(nc.RemoteAddr()).Addr()
+	if !add {
 		delete(s.conns, nc)
+		if s.perPeer[ip]--; s.perPeer[ip] <= 0 {
+			delete(s.perPeer, ip)
+		}
+		return true
 	}
+	if s.MaxConnectionsPerPeer > 0 && s.perPeer[ip] >= s.MaxConnectionsPerPeer {
+		return false
+	}
+	s.conns[nc] = struct{}{}
+	s.perPeer[ip]++
+	return true
 }
 
 // drain waits for every connection to finish, closing the stragglers after
@@ -527,6 +561,8 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 		c.nc.SetReadDeadline(aLongTimeAgo)
 	}
 	slots := make(chan struct{}, orDefault(c.s.MaxInFlight, DefaultMaxInFlight))
+	maxBytes := int64(max(orDefault(c.s.MaxBytesInFlight, DefaultMaxBytesInFlight), MaxPayload))
+	budget := semaphore.NewWeighted(maxBytes)
 	var wg sync.WaitGroup
 	var inFlight atomic.Int32
 	defer func() {
@@ -559,25 +595,42 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 			c.log.Debug("client disconnected")
 			return
 		}
+		if req.typ == cmdWrite && req.length > MaxPayload {
+			c.log.Warn("write too large", "offset", req.offset, "len", req.length)
+			if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
+				c.log.Warn("reading write payload", "err", err)
+				return
+			}
+			c.send(req.handle, errInval, nil)
+			continue
+		}
+		// A read or write holds up to its length in memory until its
+		// reply is sent: wait for the bytes in flight to allow it, so
+		// that a client that pipelines large requests and stops
+		// reading can't pin more than maxBytes.
+		var weight int64
+		if req.typ == cmdRead || req.typ == cmdWrite {
+			weight = min(int64(req.length), maxBytes)
+		}
+		if !budget.TryAcquire(weight) {
+			c.log.Debug("waiting for bytes in flight", "len", req.length)
+			if err := budget.Acquire(ctx, weight); err != nil {
+				c.log.Debug("connection drained for shutdown")
+				return
+			}
+		}
 		var payload []byte
 		if req.typ == cmdWrite {
-			if req.length > MaxPayload {
-				c.log.Warn("write too large", "offset", req.offset, "len", req.length)
-				if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
-					c.log.Warn("reading write payload", "err", err)
-					return
-				}
-				c.send(req.handle, errInval, nil)
-				continue
-			}
 			payload = getBuf(int(req.length))
 			if _, err := io.ReadFull(c.br, payload); err != nil {
 				putBuf(payload)
+				budget.Release(weight)
 				c.log.Warn("reading write payload", "err", err)
 				return
 			}
 		}
 		handle := func() {
+			defer budget.Release(weight)
 			errno, data := c.do(exp, req, payload)
 			if payload != nil {
 				putBuf(payload)

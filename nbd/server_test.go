@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rackboot/rackboot/internal/eventtest"
 )
 
 // memDevice is an in-memory Device with trim and zeroing, and an optional
@@ -537,6 +539,96 @@ func (d *blockDevice) ReadAt(p []byte, off int64) (int, error) {
 	d.started <- struct{}{}
 	<-d.release
 	return d.memDevice.ReadAt(p, off)
+}
+
+// One address gets at most MaxConnectionsPerPeer connections; a slot
+// comes back when a connection ends.
+func TestMaxConnectionsPerPeer(t *testing.T) {
+	t.Parallel()
+	res, _, _ := testExports()
+	addr := startServer(t, &Server{Resolver: res, MaxConnectionsPerPeer: 2})
+	var cs []*Client
+	for range 2 {
+		c, err := Dial(t.Context(), addr, "rw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cs = append(cs, c)
+	}
+	if c, err := Dial(t.Context(), addr, "rw"); err == nil {
+		c.Close()
+		t.Fatal("a third connection from one address was served")
+	}
+	cs[0].Close()
+	// The server frees the slot once it has read the disconnect.
+	ctx, cancel := context.WithTimeout(t.Context(), eventtest.Within)
+	defer cancel()
+	for {
+		c, err := Dial(ctx, addr, "rw")
+		if err == nil {
+			c.Close()
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no slot after a connection ended: %v", err)
+		}
+	}
+}
+
+// A connection's requests hold at most MaxBytesInFlight: a request that
+// would exceed it isn't read (nor its payload allocated) until earlier
+// ones are answered.
+func TestMaxBytesInFlight(t *testing.T) {
+	t.Parallel()
+	dev := &blockDevice{memDevice: newMemDevice(2 * MaxPayload), started: make(chan struct{}, 2), release: make(chan struct{})}
+	logs := eventtest.NewLogCounter(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	addr := startServer(t, &Server{
+		Resolver:         mapResolver{"b": {Name: "b", Device: dev}},
+		MaxBytesInFlight: MaxPayload,
+		Logger:           slog.New(logs),
+	})
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(dev.release) }) }
+	t.Cleanup(release) // before the server's: a failed test mustn't hang its drain
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := Handshake(t.Context(), conn, "b"); err != nil {
+		t.Fatal(err)
+	}
+	// Both requests in one write, so that the server sees the second
+	// queued and hands the first to a worker.
+	b := appendRequest(nil, request{typ: cmdRead, handle: 1, offset: 0, length: MaxPayload})
+	b = appendRequest(b, request{typ: cmdRead, handle: 2, offset: 0, length: 4096})
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	<-dev.started
+	logs.Of("waiting for bytes in flight").Wait(t, 1, "the second read waiting for the first's bytes")
+	select {
+	case <-dev.started:
+		t.Fatal("the second read reached the device while the first held every byte in flight")
+	default:
+	}
+	release()
+	for _, want := range []struct {
+		handle uint64
+		n      int
+	}{{1, MaxPayload}, {2, 4096}} {
+		h := make([]byte, replyHeaderLen)
+		if _, err := io.ReadFull(conn, h); err != nil {
+			t.Fatal(err)
+		}
+		if got := binary.BigEndian.Uint64(h[8:]); got != want.handle || binary.BigEndian.Uint32(h[4:]) != 0 {
+			t.Fatalf("reply % x; want handle %d, no error", h, want.handle)
+		}
+		if _, err := io.CopyN(io.Discard, conn, int64(want.n)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestShutdownDrains checks that shutdown answers requests already read

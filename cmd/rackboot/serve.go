@@ -84,10 +84,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 	}
 	nbdSrv := &nbd.Server{
-		Resolver:       labResolver{lab: a.lab, images: a.images},
-		Logger:         log.With("srv", "nbd"),
-		MaxConnections: cfg.NBD.MaxConnections,
-		DrainTimeout:   cfg.NBD.DrainTimeout,
+		Resolver:              labResolver{lab: a.lab, images: a.images},
+		Logger:                log.With("srv", "nbd"),
+		MaxConnections:        cfg.NBD.MaxConnections,
+		MaxConnectionsPerPeer: cfg.NBD.MaxConnectionsPerPeer,
+		DrainTimeout:          cfg.NBD.DrainTimeout,
 	}
 	g.Go(func() error { return nbdSrv.ListenAndServe(ctx, cfg.NBD.Listen) })
 	httpSrv := &web.Server{Lab: a.lab, Logger: log.With("srv", "http")}
