@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -215,6 +216,8 @@ type Client struct {
 	next    uint64
 	pending map[uint64]*call
 	err     error // set once the connection is broken
+	closing bool  // Close was called: no new requests
+	calls   sync.WaitGroup
 	done    chan struct{}
 }
 
@@ -301,10 +304,16 @@ func (c *Client) readLoop() {
 func (c *Client) do(r request, payload, dst []byte) error {
 	cl := &call{buf: dst, errc: make(chan error, 1)}
 	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return fmt.Errorf("NBD client: %w", net.ErrClosed)
+	}
 	if c.err != nil {
 		c.mu.Unlock()
 		return c.err
 	}
+	c.calls.Add(1)
+	defer c.calls.Done()
 	c.next++
 	r.handle = c.next
 	c.pending[r.handle] = cl
@@ -330,9 +339,21 @@ func (c *Client) do(r request, payload, dst []byte) error {
 	return nil
 }
 
+// length checks that n fits a request's 32-bit length.
+func length(n int64) (uint32, error) {
+	if n < 0 || n > math.MaxUint32 {
+		return 0, fmt.Errorf("NBD request of %d bytes: out of range", n)
+	}
+	return uint32(n), nil
+}
+
 // ReadAt reads len(p) bytes at off.
 func (c *Client) ReadAt(p []byte, off int64) (int, error) {
-	if err := c.do(request{typ: cmdRead, offset: uint64(off), length: uint32(len(p))}, nil, p); err != nil {
+	n, err := length(int64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	if err := c.do(request{typ: cmdRead, offset: uint64(off), length: n}, nil, p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -340,7 +361,11 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 
 // WriteAt writes p at off.
 func (c *Client) WriteAt(p []byte, off int64) (int, error) {
-	if err := c.do(request{typ: cmdWrite, offset: uint64(off), length: uint32(len(p))}, p, nil); err != nil {
+	n, err := length(int64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	if err := c.do(request{typ: cmdWrite, offset: uint64(off), length: n}, p, nil); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -349,7 +374,11 @@ func (c *Client) WriteAt(p []byte, off int64) (int, error) {
 // WriteAtFUA writes p at off with NBD_CMD_FLAG_FUA: the reply comes once
 // the data is durable.
 func (c *Client) WriteAtFUA(p []byte, off int64) error {
-	return c.do(request{typ: cmdWrite, flags: cmdFlagFUA, offset: uint64(off), length: uint32(len(p))}, p, nil)
+	n, err := length(int64(len(p)))
+	if err != nil {
+		return err
+	}
+	return c.do(request{typ: cmdWrite, flags: cmdFlagFUA, offset: uint64(off), length: n}, p, nil)
 }
 
 // Flush asks the server to make every completed write durable.
@@ -359,21 +388,33 @@ func (c *Client) Flush() error {
 
 // Trim tells the server a range is no longer needed.
 func (c *Client) Trim(off, n int64) error {
-	return c.do(request{typ: cmdTrim, offset: uint64(off), length: uint32(n)}, nil, nil)
+	l, err := length(n)
+	if err != nil {
+		return err
+	}
+	return c.do(request{typ: cmdTrim, offset: uint64(off), length: l}, nil, nil)
 }
 
 // WriteZeroes zeroes a range; noHole asks the server to keep it allocated.
 func (c *Client) WriteZeroes(off, n int64, noHole bool) error {
+	l, err := length(n)
+	if err != nil {
+		return err
+	}
 	var f uint16
 	if noHole {
 		f = cmdFlagNoHole
 	}
-	return c.do(request{typ: cmdWriteZeroes, flags: f, offset: uint64(off), length: uint32(n)}, nil, nil)
+	return c.do(request{typ: cmdWriteZeroes, flags: f, offset: uint64(off), length: l}, nil, nil)
 }
 
-// Close sends NBD_CMD_DISC once outstanding requests are answered and closes
-// the connection.
+// Close waits for outstanding requests to be answered, sends NBD_CMD_DISC
+// and closes the connection. Requests made after Close fail.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	c.calls.Wait() // the protocol allows nothing after DISC
 	c.wmu.Lock()
 	_, err := c.conn.Write(appendRequest(nil, request{typ: cmdDisc}))
 	c.wmu.Unlock()

@@ -631,6 +631,29 @@ func TestMaxBytesInFlight(t *testing.T) {
 	}
 }
 
+// Our client refuses lengths the protocol can't carry, and requests after
+// Close, rather than sending something else.
+func TestClientLimits(t *testing.T) {
+	t.Parallel()
+	res, _, _ := testExports()
+	c, err := Dial(t.Context(), startServer(t, &Server{Resolver: res}), "rw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Trim(0, 1<<32); err == nil {
+		t.Error("a 4 GiB trim was sent")
+	}
+	if err := c.WriteZeroes(0, -1, false); err == nil {
+		t.Error("a negative length was sent")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ReadAt(make([]byte, 1), 0); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after Close: %v; want net.ErrClosed", err)
+	}
+}
+
 // TestShutdownDrains checks that shutdown answers requests already read
 // before closing, and syncs writable exports.
 func TestShutdownDrains(t *testing.T) {
