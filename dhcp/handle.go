@@ -641,6 +641,7 @@ func (s *Server) commit(ctx context.Context, mac net.HardwareAddr, b Boot, ip ne
 		renewed = true
 	}
 	nb := &binding{mac: key, ip: ip, expiry: now.Add(s.cfg.leaseTime), hostname: hostname, state: stateBound}
+	prev := s.table.byMAC[key]
 	displaced := s.table.put(nb)
 	l = nb.lease()
 	var batch *leaseBatch
@@ -661,9 +662,28 @@ func (s *Server) commit(ctx context.Context, mac net.HardwareAddr, b Boot, ip ne
 		return l, renewed, "", nil
 	}
 	if err := s.journal.wait(ctx, s.Leases, batch); err != nil {
+		s.undo(nb, prev, displaced)
 		return Lease{}, false, "", err
 	}
 	return l, renewed, "", nil
+}
+
+// undo takes back a binding whose lease the store failed to save (no ACK
+// goes out): the table, which LeaseFor and MACFor answer from, returns to
+// what the store holds, unless later requests changed it meanwhile.
+func (s *Server) undo(nb, prev, displaced *binding) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.table.byMAC[nb.mac] != nb {
+		return
+	}
+	s.table.remove(nb)
+	for _, b := range []*binding{prev, displaced} {
+		if b != nil && s.table.byMAC[b.mac] == nil && s.table.freeFor(b.ip, b.mac, now) {
+			s.table.put(b)
+		}
+	}
 }
 
 // --- Proxy mode (PXE specification 2.1) ----------------------------------

@@ -724,6 +724,19 @@ func TestLeasePersistence(t *testing.T) {
 	if r := ts.do(t, renew(mac, ip)); r != nil {
 		t.Errorf("ACK sent although the lease could not be saved")
 	}
+	// Nothing was acknowledged, so the table says what the store holds:
+	// the old lease, and no new one for a newcomer.
+	if l, ok := ts.LeaseFor(mac); !ok || l.IP != ip {
+		t.Errorf("after a failed renewal LeaseFor(%v) = %v, %v; want the old lease", mac, l, ok)
+	}
+	other := macN(2)
+	offer := mustType(t, ts.do(t, discover(other, nil)), dhcpv4.MessageTypeOffer)
+	if r := ts.do(t, selectOffer(other, srvIP, ipv4Of(offer.YourIPAddr))); r != nil {
+		t.Errorf("ACK sent although the lease could not be saved")
+	}
+	if got, ok := ts.MACFor(ipv4Of(offer.YourIPAddr)); ok {
+		t.Errorf("MACFor(%v) = %v after a lease that was never acknowledged", offer.YourIPAddr, got)
+	}
 	ts.store.fail = nil
 
 	// A new server on the same store knows the lease.
