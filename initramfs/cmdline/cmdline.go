@@ -132,8 +132,11 @@ func Parse(line string) (Config, error) {
 			}
 			c.NBDAddr, c.NBDExport = addr, export
 		case "disk":
-			if v != DiskNone {
-				c.Disk = v
+			// The last one wins, "none" included: per-board extras
+			// come after the board's selector on the command line.
+			c.Disk = v
+			if v == DiskNone {
+				c.Disk = ""
 			}
 		case "disk_optional":
 			b, err := strconv.ParseBool(v)
@@ -253,14 +256,24 @@ func parseNBD(v string) (addr, export string, err error) {
 	return net.JoinHostPort(u.Hostname(), port), export, nil
 }
 
-// parseDelay accepts a Go duration or a number of seconds.
+// maxDelay bounds the delays the command line sets: a day is longer than
+// anyone waits for a board.
+const maxDelay = 24 * time.Hour
+
+// parseDelay accepts a Go duration or a number of seconds, up to maxDelay.
 func parseDelay(v string) (time.Duration, error) {
 	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		if n > int(maxDelay/time.Second) {
+			return 0, fmt.Errorf("at most %v", maxDelay)
+		}
 		return time.Duration(n) * time.Second, nil
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil || d < 0 {
 		return 0, errors.New("want a duration (30s) or seconds")
+	}
+	if d > maxDelay {
+		return 0, fmt.Errorf("at most %v", maxDelay)
 	}
 	return d, nil
 }

@@ -43,6 +43,20 @@ func TestParse(t *testing.T) {
 				c.Init = "/lib/systemd/systemd"
 			}),
 		},
+		"the last disk wins, none included": {
+			line: base + " rackboot.disk=largest rackboot.disk=none",
+			want: want(nil),
+		},
+		"a later disk overrides none": {
+			line: base + " rackboot.disk=none rackboot.disk=serial:X1",
+			want: want(func(c *Config) { c.Disk = "serial:X1" }),
+		},
+		"delays beyond a day": {
+			line:        base + " rackboot.fail_delay=9300000000",
+			want:        want(nil),
+			invalid:     1,
+			errExpected: true,
+		},
 		"default NBD port, http without slash": {
 			line: "rackboot.server=s rackboot.http=http://s:80 rackboot.board=b rackboot.token=t rackboot.nbd=nbd://s/t",
 			want: Config{Mode: ModeBoot, Server: "s", HTTP: "http://s:80/", Board: "b", Token: "t", NBDAddr: "s:10809", NBDExport: "t", Init: DefaultInit, FailDelay: DefaultFailDelay},
