@@ -187,7 +187,8 @@ type Board struct {
 	// Cmdline holds extra kernel command-line arguments.
 	Cmdline string `yaml:"cmdline"`
 	// BuildDisk selects the build disk for the initramfs: "largest",
-	// "by-id:NAME", "by-path:PATH", "serial:SERIAL" or "none".
+	// "serial:SERIAL", "by-id:NAME" for virtio-, nvme- and mmc- names
+	// (the initramfs has no udev to name others), or "none".
 	BuildDisk string `yaml:"build_disk"`
 	// Console overrides the kernel console (default by arch).
 	Console string `yaml:"console"`
@@ -460,18 +461,44 @@ func (c *Config) validateBoot(l *errorList, dir string, images map[string]string
 		if bd.Loader != "" && bd.Loader != "ipxe" && bd.Loader != "pxelinux" {
 			l.addf(p+".loader", "invalid loader %q (want ipxe or pxelinux)", bd.Loader)
 		}
-		if bd.BuildDisk != "" && !validDiskSelector(bd.BuildDisk) {
-			l.addf(p+".build_disk", "invalid selector %q (want largest, none, by-id:NAME, by-path:PATH or serial:SERIAL)", bd.BuildDisk)
+		if bd.BuildDisk != "" {
+			if err := checkDiskSelector(bd.BuildDisk); err != nil {
+				l.add(p+".build_disk", err)
+			}
 		}
 	}
 }
 
-func validDiskSelector(s string) bool {
+// derivedIDPrefixes are the /dev/disk/by-id names the initramfs, which
+// has no udev, derives from sysfs itself (initramfs/disk).
+var derivedIDPrefixes = []string{"virtio-", "nvme-", "mmc-"}
+
+// checkDiskSelector checks a build disk selector for what the initramfs
+// can match: by-path names and SATA, SCSI or USB by-id names need udev,
+// which it lacks, and would fail the board's disk step on every boot.
+func checkDiskSelector(s string) error {
 	if s == "largest" || s == "none" {
-		return true
+		return nil
 	}
 	kind, val, ok := strings.Cut(s, ":")
-	return ok && val != "" && !strings.ContainsAny(val, " \t") && (kind == "by-id" || kind == "by-path" || kind == "serial")
+	if !ok || val == "" || strings.ContainsAny(val, " \t") {
+		return fmt.Errorf("invalid selector %q (want largest, none, by-id:NAME, or serial:SERIAL)", s)
+	}
+	switch kind {
+	case "serial":
+		return nil
+	case "by-id":
+		name := strings.TrimPrefix(val, "/dev/disk/by-id/")
+		for _, p := range derivedIDPrefixes {
+			if strings.HasPrefix(name, p) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q: the board's initramfs has no udev and names only virtio-, nvme- and mmc- disks by id; use serial:SERIAL", s)
+	case "by-path":
+		return fmt.Errorf("%q: the board's initramfs has no udev, so no by-path names; use serial:SERIAL or by-id:", s)
+	}
+	return fmt.Errorf("invalid selector %q (want largest, none, by-id:NAME, or serial:SERIAL)", s)
 }
 
 // resolve joins a relative path to dir.

@@ -149,9 +149,24 @@ boards:
 				`t.yaml:11: boards[2].name: invalid board name "b c": want 1-63 of [A-Za-z0-9._-], starting with a letter or digit`,
 				`t.yaml:11: boards[2].mac: invalid MAC "nonsense" (want six hex pairs like 52:54:00:12:34:56)`,
 				"t.yaml:11: boards[2].ip: address 10.0.0.60 already belongs to the board at line 10",
-				`t.yaml:11: boards[2].build_disk: invalid selector "by-uuid:x" (want largest, none, by-id:NAME, by-path:PATH or serial:SERIAL)`,
+				`t.yaml:11: boards[2].build_disk: invalid selector "by-uuid:x" (want largest, none, by-id:NAME, or serial:SERIAL)`,
 				"t.yaml:12: boards[3].name: required",
 				"t.yaml:12: boards[3].arch: required",
+			},
+		},
+		"build disks the initramfs can't name": {
+			in: `state_dir: /s
+images: [{name: min, path: /m}]
+boot: {tree: /b, kernels: {amd64: {kernel: k, initrd: i}}}
+boards:
+  - {name: a, mac: "52:54:00:00:00:01", arch: amd64, image: min, build_disk: "by-path:pci-0000:00:1f.2-ata-1"}
+  - {name: b, mac: "52:54:00:00:00:02", arch: amd64, image: min, build_disk: "by-id:ata-WDC_WD40_XYZ"}
+  - {name: c, mac: "52:54:00:00:00:03", arch: amd64, image: min, build_disk: "by-id:/dev/disk/by-id/nvme-Samsung_SSD_S4EW"}
+  - {name: d, mac: "52:54:00:00:00:04", arch: amd64, image: min, build_disk: "serial:WD-WX12"}
+`,
+			want: []string{
+				`t.yaml:5: boards[0].build_disk: "by-path:pci-0000:00:1f.2-ata-1": the board's initramfs has no udev, so no by-path names; use serial:SERIAL or by-id:`,
+				`t.yaml:6: boards[1].build_disk: "by-id:ata-WDC_WD40_XYZ": the board's initramfs has no udev and names only virtio-, nvme- and mmc- disks by id; use serial:SERIAL`,
 			},
 		},
 		"full mode on two interfaces": {
