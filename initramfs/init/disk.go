@@ -5,10 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/rackboot/rackboot/initramfs/boot"
 	"github.com/rackboot/rackboot/initramfs/disk"
 )
+
+// usbSettleTimeout bounds the wait for USB disks: usb-storage scans a
+// second after it binds, and slow devices take a few more.
+const usbSettleTimeout = 15 * time.Second
 
 // buildDisk adapts package disk to boot.BuildDisk: list, select, wipe,
 // then GPT + ext4 with mke2fs (packed in the initramfs).
@@ -16,8 +22,15 @@ type buildDisk struct{}
 
 func (buildDisk) Build(ctx context.Context, selector string, exclude []string) (string, error) {
 	// Disks behind USB appear as the hub enumerates them, possibly after
-	// the modules step looked: load what they need now.
-	rescanModules()
+	// the modules step looked, and a second or so after their driver
+	// binds: load what they need and wait for them, or "largest" would
+	// pick another disk and a late one would keep the last build's data.
+	sctx, cancel := context.WithTimeout(ctx, usbSettleTimeout)
+	pending := disk.SettleUSB(sctx, "/sys", rescanModules, 100*time.Millisecond)
+	cancel()
+	if len(pending) > 0 {
+		fmt.Fprintf(os.Stdout, "rackboot: USB storage without a disk after %s: %s\n", usbSettleTimeout, strings.Join(pending, " "))
+	}
 	disks, err := disk.List("/sys", "/dev")
 	if err != nil {
 		return "", fmt.Errorf("listing disks: %w", err)
