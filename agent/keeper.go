@@ -193,12 +193,14 @@ func (k *Keeper) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-wake:
+			// The kernel says the root's socket is dead: believe it,
+			// whatever the TCP table shows (a build's own connection
+			// to the appliance looks the same there). A late notice
+			// costs one attempt the kernel declines.
 		case <-tick.C:
 			if !poll {
 				continue
 			}
-		}
-		if poll {
 			if up, err := k.connected(); err == nil && up {
 				continue
 			}

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -252,49 +251,39 @@ func TestKeeperPollFindsDeadConnection(t *testing.T) {
 	awaitReconnect(t, got)
 }
 
-// A notification for a link that is alive (another device, or one already
-// replaced) costs nothing; a socket the kernel doesn't need is not counted.
-func TestKeeperIgnoresLiveLink(t *testing.T) {
+// A notification for the root's device is believed whatever the TCP
+// table shows: with the link alive, the kernel declines the socket offered
+// and nothing is reported; with it dead, the root is reconnected even
+// though another connection to the appliance (a build's own) is in the
+// table. Notifications for other devices are ignored.
+func TestKeeperBelievesNotifications(t *testing.T) {
 	t.Parallel()
 	k, fk, srv, got := newKeeper(t)
-	var hide atomic.Bool // the next look at the TCP table misses the connection
+	foreign := dialTCP(t, srv.addr)
+	defer foreign.Close()
 	k.Established = func(remote netip.AddrPort) ([]netip.AddrPort, error) {
-		// Decided before fk counts the look, which the test waits on.
-		hidden := hide.CompareAndSwap(true, false)
 		locals, err := fk.Established(remote)
-		if hidden {
-			return nil, nil
-		}
-		return locals, err
+		return append(locals, netip.MustParseAddrPort(foreign.LocalAddr().String())), err
 	}
 	runKeeper(t, k)
+	fk.started(t)
 	fk.dead <- 3 // another device
 	fk.dead <- 0 // ours, but alive
-	// One look at start, one for the notification. The Keeper handles one
-	// notification at a time, so the next one's look, below, shows this one
-	// was dealt with.
-	fk.checks.Wait(t, 2, "looks at the TCP table")
-
-	// A notification while the table misses the connection (a replaced
-	// link's late notification racing the table) makes the Keeper offer a
-	// socket, which the kernel drops.
-	hide.Store(true)
-	fk.dead <- 0
-	fk.checks.Wait(t, 3, "looks at the TCP table")
-	// Sent once the previous notification is being handled, so that the
-	// two aren't merged: its look comes after that handling ends.
-	fk.dead <- 0
-	fk.checks.Wait(t, 5, "looks at the TCP table") // 4 is the reconnect's own
-
+	fk.reconfs.Wait(t, 1, "the socket offered for the live link")
 	if n := srv.dials.Count(); n != 1 {
-		t.Errorf("%d dials; want 1, for the notification the table couldn't confirm", n)
-	}
-	if n := fk.reconfigured(); n != 1 {
-		t.Errorf("%d reconfigures; want 1, for the notification the table couldn't confirm", n)
+		t.Errorf("%d dials; want 1, for our device's notification only", n)
 	}
 	noReconnect(t, got, "for a live link")
 	if st := k.Status(); !st.Connected || st.Reconnects != 0 {
 		t.Errorf("Status = %+v; want connected, 0 reconnects", st)
+	}
+
+	fk.kill(true)
+	if r := awaitReconnect(t, got); r.Attempts != 1 {
+		t.Errorf("Reconnect = %+v; want one attempt", r)
+	}
+	if st := k.Status(); !st.Connected || st.Reconnects != 1 {
+		t.Errorf("Status = %+v; want connected, 1 reconnect", st)
 	}
 }
 
