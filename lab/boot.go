@@ -284,7 +284,11 @@ func (l *Lab) cmdline(b *Board, rec BootRecord) string {
 		fmt.Sprintf("rackboot.nbd=nbd://%s/%s", netip.AddrPortFrom(l.cfg.Address, l.cfg.NBDPort), rec.Token),
 	}
 	if b.BuildDisk != "" {
-		args = append(args, "rackboot.disk="+b.BuildDisk)
+		// A build can hide the end of a SATA disk from the kernel (a
+		// host protected area, hdparm -N p...) and read it back in a
+		// later boot: have the kernel show, and the wipe cover, all
+		// of it.
+		args = append(args, "rackboot.disk="+b.BuildDisk, "libata.ignore_hpa=1")
 	}
 	for _, extra := range []string{l.cfg.Cmdline, b.Cmdline} {
 		if extra != "" {

@@ -193,7 +193,7 @@ func TestBootConfigOnlyForOwnMAC(t *testing.T) {
 	}
 	for _, want := range []string{
 		"KERNEL amd64/vmlinuz", "INITRD amd64/initrd.img", "IPAPPEND 2", "console=ttyS0,115200",
-		"rackboot.board=board-a", "rackboot.server=10.9.0.1", "rackboot.disk=largest", "quiet=no",
+		"rackboot.board=board-a", "rackboot.server=10.9.0.1", "rackboot.disk=largest", "libata.ignore_hpa=1", "quiet=no",
 		"rackboot.nbd=nbd://10.9.0.1:10809/" + token(t, cfg),
 	} {
 		if !strings.Contains(cfg, want) {
