@@ -40,6 +40,9 @@ const (
 	// request waits after a reconnect; a request that is merely slow is
 	// left alone (and logged as a possible stuck request).
 	DefaultRequeueInterval = 5 * time.Second
+	// DefaultMountTimeout bounds the root's mount: a few seconds at
+	// most on a working appliance, even a busy one under emulation.
+	DefaultMountTimeout = 2 * time.Minute
 	// UserTimeout is the sockets' TCP_USER_TIMEOUT: data the server doesn't
 	// acknowledge for that long (it vanished without closing the
 	// connection) kills the connection, which the driver then reports as
@@ -72,6 +75,9 @@ type Options struct {
 	// RequeueInterval defaults to DefaultRequeueInterval; it applies when
 	// ReqTimeout is zero.
 	RequeueInterval time.Duration
+	// MountTimeout bounds the mount of the root; zero means
+	// DefaultMountTimeout.
+	MountTimeout time.Duration
 }
 
 // Root is the attached and mounted root.
@@ -91,6 +97,9 @@ func Attach(ctx context.Context, o Options) (Root, error) {
 	}
 	if o.RequeueInterval <= 0 {
 		o.RequeueInterval = DefaultRequeueInterval
+	}
+	if o.MountTimeout <= 0 {
+		o.MountTimeout = DefaultMountTimeout
 	}
 	if o.FSType == "" {
 		o.FSType = DefaultFSType
@@ -133,10 +142,30 @@ func Attach(ctx context.Context, o Options) (Root, error) {
 	if d.Flags&nbd.FlagReadOnly != 0 {
 		flags |= unix.MS_RDONLY
 	}
-	if err := unix.Mount(r.Device, o.Target, o.FSType, flags, o.MountData); err != nil {
+	err = within(ctx, o.MountTimeout, func() error { return unix.Mount(r.Device, o.Target, o.FSType, flags, o.MountData) })
+	if err != nil {
 		return r, fmt.Errorf("mounting %s (%s) on %s: %w", r.Device, o.FSType, o.Target, err)
 	}
 	return r, nil
+}
+
+// within runs f and returns its error, or gives up on it after timeout
+// (or when ctx is done), leaving it blocked. Requests to an appliance that
+// keeps the connection open but stops answering wait for ever, and so
+// would a mount in PID 1: giving up lets the boot report it and reboot.
+func within(ctx context.Context, timeout time.Duration, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("no answer from the NBD server in %v", timeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // dial connects and negotiates, retrying until DialTimeout: the appliance
