@@ -410,6 +410,12 @@ func (s *Server) inform(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCPv
 		log.Warn("DHCPINFORM without ciaddr")
 		return nil
 	}
+	if !s.cfg.subnet.Contains(ci) {
+		// Our mask and router would be wrong for it (as commit NAKs a
+		// REQUEST from another network).
+		log.Info("ignoring DHCPINFORM from another network", "ciaddr", ci.String())
+		return nil
+	}
 	c := Classify(req, s.Interface)
 	b, ok := s.boot(ctx, log, c)
 	if !ok {

@@ -697,6 +697,11 @@ func TestInform(t *testing.T) {
 	if want := netip.MustParseAddrPort("10.0.0.77:68"); r.dst != want || r.hw != nil {
 		t.Errorf("INFORM ACK routed to %v; want %v", r.dst, want)
 	}
+	// From another network: our mask and router would be wrong for it.
+	req.ClientIPAddr = net.IP{192, 168, 9, 9}
+	if r := ts.do(t, req); r != nil {
+		t.Errorf("INFORM from another network answered: %v", r.pkt)
+	}
 }
 
 func TestBooterDecisions(t *testing.T) {
