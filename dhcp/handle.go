@@ -647,7 +647,7 @@ func (s *Server) commit(ctx context.Context, mac net.HardwareAddr, b Boot, ip ne
 		renewed = true
 	}
 	nb := &binding{mac: key, ip: ip, expiry: now.Add(s.cfg.leaseTime), hostname: hostname, state: stateBound}
-	prev := s.table.byMAC[key]
+	nb.prev = s.table.byMAC[key]
 	displaced := s.table.put(nb)
 	l = nb.lease()
 	var batch *leaseBatch
@@ -668,23 +668,36 @@ func (s *Server) commit(ctx context.Context, mac net.HardwareAddr, b Boot, ip ne
 		return l, renewed, "", nil
 	}
 	if err := s.journal.wait(ctx, s.Leases, batch); err != nil {
-		s.undo(nb, prev, displaced)
+		s.undo(nb, displaced)
 		return Lease{}, false, "", err
 	}
+	s.mu.Lock()
+	nb.prev = nil // saved: nothing to go back to
+	s.mu.Unlock()
 	return l, renewed, "", nil
 }
 
 // undo takes back a binding whose lease the store failed to save (no ACK
 // goes out): the table, which LeaseFor and MACFor answer from, returns to
-// what the store holds, unless later requests changed it meanwhile.
-func (s *Server) undo(nb, prev, displaced *binding) {
+// what the store holds, unless later requests changed it meanwhile. A
+// retransmitted REQUEST can put a second binding on top of the first in
+// the same failed batch, and the two undo in either order: the bindings
+// that failed are marked, and the one put back is the newest before them
+// that didn't.
+func (s *Server) undo(nb, displaced *binding) {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	nb.unsaved = true
 	if s.table.byMAC[nb.mac] != nb {
 		return
 	}
 	s.table.remove(nb)
+	prev := nb.prev
+	for prev != nil && prev.unsaved {
+		prev = prev.prev
+	}
+	nb.prev = nil
 	for _, b := range []*binding{prev, displaced} {
 		if b != nil && s.table.byMAC[b.mac] == nil && s.table.freeFor(b.ip, b.mac, now) {
 			s.table.put(b)

@@ -720,6 +720,41 @@ func TestBooterDecisions(t *testing.T) {
 	}
 }
 
+// Two REQUESTs of one client whose saves fail in one batch undo in
+// either order, and leave the lease the store holds.
+func TestUndoStackedFailures(t *testing.T) {
+	for _, order := range []string{"first failure first", "second failure first"} {
+		t.Run(order, func(t *testing.T) {
+			ts := newTestServer(t, ModeFull)
+			mac := macN(1)
+			saved := ipv4Of(ts.dora(t, mac).YourIPAddr)
+			key := string(mac)
+			expiry := ts.clock.Now().Add(time.Hour)
+			ts.mu.Lock()
+			nb1 := &binding{mac: key, ip: testRange[0].Next(), expiry: expiry, state: stateBound, prev: ts.table.byMAC[key]}
+			ts.table.put(nb1)
+			nb2 := &binding{mac: key, ip: testRange[0].Next().Next(), expiry: expiry, state: stateBound, prev: nb1}
+			ts.table.put(nb2)
+			ts.mu.Unlock()
+			if order == "first failure first" {
+				ts.undo(nb1, nil)
+				ts.undo(nb2, nil)
+			} else {
+				ts.undo(nb2, nil)
+				ts.undo(nb1, nil)
+			}
+			if l, ok := ts.LeaseFor(mac); !ok || l.IP != saved {
+				t.Errorf("LeaseFor = %v, %v; want the saved lease of %v", l, ok, saved)
+			}
+			for _, b := range []*binding{nb1, nb2} {
+				if got, ok := ts.MACFor(b.ip); ok {
+					t.Errorf("MACFor(%v) = %v for a lease never saved", b.ip, got)
+				}
+			}
+		})
+	}
+}
+
 func TestLeasePersistence(t *testing.T) {
 	ts := newTestServer(t, ModeFull)
 	mac := macN(1)

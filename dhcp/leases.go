@@ -130,6 +130,11 @@ type binding struct {
 	expiry   time.Time
 	hostname string
 	state    bindState
+
+	// While its lease is being saved: the binding it replaced for its
+	// MAC, and whether the save failed (see Server.undo).
+	prev    *binding
+	unsaved bool
 }
 
 func (b *binding) lease() Lease {
