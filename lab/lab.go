@@ -288,16 +288,23 @@ func (l *Lab) prepareBoot(b *Board, ip netip.Addr) (BootRecord, KernelFiles, err
 // boot's session is discarded. config names the file that started it.
 func (l *Lab) startBoot(ctx context.Context, rec BootRecord, config string) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	rec.Started = l.now()
 	rec, err := l.store.StartBoot(ctx, rec)
+	l.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("starting boot of %s: %w", rec.Board, err)
 	}
-	// Discard every earlier layer of this board. The new session is
-	// created on first attach, so "except the newest" must not count it:
-	// discard all of the owner's sessions that aren't this boot's.
-	if err := l.discardOthers(rec.Board, rec.Session); err != nil {
+	// Discard every earlier layer of this board: all of the owner's
+	// sessions but its current boot's (the new session is created on
+	// first attach, so "except the newest" would be wrong). Outside l.mu:
+	// a discard waits for the old session's requests in flight, and
+	// other boards' boots mustn't wait with it. If another boot of this
+	// board started meanwhile, the current one is that, and it is kept.
+	keep := rec.Session
+	if cur, err := l.store.CurrentBoot(ctx, rec.Board); err == nil {
+		keep = cur.Session
+	}
+	if err := l.discardOthers(rec.Board, keep); err != nil {
 		l.log.Error("discarding previous boot's layer", "board", rec.Board, "err", err)
 	}
 	for _, e := range l.takePending(rec.Board) {

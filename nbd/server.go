@@ -399,8 +399,7 @@ func (c *conn) handshake(ctx context.Context, peer netip.AddrPort) (*Export, err
 			}
 			exp, err := c.s.Resolver.Open(ctx, string(data), peer)
 			if err != nil {
-				c.log.Info("export refused", "err", err)
-				c.log.Debug("refused export name", "export", string(data))
+				c.log.Info("export refused", "err", err) // not the name: it may be a capability
 				return nil, err
 			}
 			var out [10 + 124]byte
@@ -459,8 +458,7 @@ func (c *conn) handshake(ctx context.Context, peer netip.AddrPort) (*Export, err
 			}
 			exp, err := c.s.Resolver.Open(ctx, req.name, peer)
 			if err != nil {
-				c.log.Info("export refused", "err", err)
-				c.log.Debug("refused export name", "export", req.name)
+				c.log.Info("export refused", "err", err) // not the name: it may be a capability
 				code, msg := uint32(repErrUnknown), "unknown export"
 				switch {
 				case errors.Is(err, fs.ErrPermission):

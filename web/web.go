@@ -174,7 +174,9 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet {
 		// TCP's handshake proved the peer's address: a boot config
 		// starts its boot now, before the client reads its token.
-		if err := f.Delivered(r.Context()); err != nil {
+		// Not cancelled by a client that goes away: once the boot is
+		// recorded, its first events must be too.
+		if err := f.Delivered(context.WithoutCancel(r.Context())); err != nil {
 			log.Error("starting boot", "err", err)
 			http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 			return
