@@ -23,13 +23,28 @@ func usbTree(t *testing.T, driver string, ifaces ...string) string {
 	return sysfs
 }
 
-// addUSBDisk gives an interface its SCSI disk, as the scan does.
-func addUSBDisk(t *testing.T, sysfs, driver, iface, disk string) {
+// addSCSI gives an interface a SCSI device of a type, as the scan does,
+// and its block device if block isn't empty (sd_mod or sr_mod loaded).
+func addSCSI(t *testing.T, sysfs, driver, iface, lun, typ, block string) {
 	t.Helper()
-	dir := filepath.Join(sysfs, "bus", "usb", "drivers", driver, iface, "host4", "target4:0:0", "4:0:0:0", "block", disk)
+	dir := filepath.Join(sysfs, "bus", "usb", "drivers", driver, iface, "host4", "target4:0:0", lun)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, "type"), []byte(typ+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if block != "" {
+		if err := os.MkdirAll(filepath.Join(dir, "block", block), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// addUSBDisk gives an interface its SCSI disk and block device.
+func addUSBDisk(t *testing.T, sysfs, driver, iface, disk string) {
+	t.Helper()
+	addSCSI(t, sysfs, driver, iface, "4:0:0:0", "0", disk)
 }
 
 func TestPendingUSB(t *testing.T) {
@@ -44,6 +59,16 @@ func TestPendingUSB(t *testing.T) {
 	addUSBDisk(t, sysfs, "usb-storage", "1-2:1.0", "sda")
 	if got, want := PendingUSB(sysfs), []string{"1-1:1.0"}; !slices.Equal(got, want) {
 		t.Errorf("pending %q; want %q", got, want)
+	}
+	// A virtual CD-ROM without sr_mod gets no block device: not waited
+	// for. A disk whose block device hasn't come is.
+	addSCSI(t, sysfs, "usb-storage", "1-1:1.0", "4:0:0:0", "5", "")
+	if got := PendingUSB(sysfs); got != nil {
+		t.Errorf("pending %q; want none with a CD-ROM", got)
+	}
+	addSCSI(t, sysfs, "usb-storage", "1-1:1.0", "4:0:0:1", "0", "")
+	if got, want := PendingUSB(sysfs), []string{"1-1:1.0"}; !slices.Equal(got, want) {
+		t.Errorf("pending %q; want %q for a disk without its block device", got, want)
 	}
 }
 
