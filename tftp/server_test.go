@@ -642,11 +642,18 @@ func TestDelivered(t *testing.T) {
 	if tr := <-reports; tr.Err == nil || tr.Path != "small" {
 		t.Errorf("unacknowledged transfer reported %+v; want a failure", tr)
 	}
-	// A client that acknowledges the first block of two and gives up.
+	// A client that acknowledges the first block of two and gives up
+	// (from another port: the first transfer's resends go to the first).
+	c = dialRaw(t, addr)
 	c.send(rrq("multi", "octet"), c.server)
-	_, from := c.recv(eventtest.Within)
+	pkt, from := c.recv(eventtest.Within)
+	if opcode(pkt) != opDATA || binary.BigEndian.Uint16(pkt[2:]) != 1 {
+		t.Fatalf("got % x; want DATA block 1", pkt[:min(len(pkt), 4)])
+	}
 	c.send([]byte{0, opACK, 0, 1}, from)
-	c.recv(eventtest.Within)
+	if pkt, _ := c.recv(eventtest.Within); opcode(pkt) != opDATA || binary.BigEndian.Uint16(pkt[2:]) != 2 {
+		t.Fatalf("got % x; want DATA block 2", pkt[:min(len(pkt), 4)])
+	}
 	c.send(appendError(nil, 0, "changed my mind"), from)
 	if tr := <-reports; tr.Err == nil || tr.Path != "multi" {
 		t.Errorf("abandoned transfer reported %+v; want a failure", tr)
