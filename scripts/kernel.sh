@@ -33,9 +33,10 @@ BUDGET=${BUDGET:-4194304}
 
 # Modules the init loads, by arch: NBD root, ext4 (crc32c is its soft
 # dependency for metadata_csum, so it is named), virtio for QEMU boards,
-# SATA and USB storage for build disks, common wired NICs. Dependencies
-# come from modules.dep.
-COMMON_MODULES="nbd ext4 crc32c_generic virtio_net virtio_pci virtio_mmio virtio_blk ahci sd_mod usb-storage uas"
+# SATA, NVMe and USB storage for build disks (a disk the initramfs can't
+# see is never wiped), common wired NICs. Dependencies come from
+# modules.dep.
+COMMON_MODULES="nbd ext4 crc32c_generic virtio_net virtio_pci virtio_mmio virtio_blk ahci sd_mod nvme usb-storage uas"
 declare -A ARCH_MODULES=(
 	[amd64]="crc32c-intel e1000 e1000e igb r8169 xhci_pci ehci_pci"
 	[arm64]="r8169 xhci_pci xhci_plat_hcd"
