@@ -23,7 +23,10 @@
 // read-only and held (dm/md) disks and everything excluded; explicit
 // selectors (by-id, by-path, serial) may pick a removable disk but never
 // an excluded, read-only or held one. Every error lists each disk
-// considered and why it was passed over.
+// considered and why it was passed over; when the disk named (or, for
+// "largest", a candidate) is there but read-only or held, the error wraps
+// ErrUnwipeable rather than ErrNoMatch: it may keep an earlier build's
+// data, and the boot must fail rather than go on without a disk.
 //
 // The initramfs has no udev, so /dev/disk/by-id is missing there: List
 // then derives the names udev would give virtio (virtio-SERIAL), NVMe

@@ -171,10 +171,13 @@ func TestSelect(t *testing.T) {
 		{name: "empty means largest", selector: "", want: "nvme0n1"},
 		{name: "largest without root disk", selector: "largest", exclude: []string{"/dev/nvme0n1p2", "nbd0"}, want: "vda"},
 		{name: "largest without two", selector: "largest", exclude: []string{"nvme0n1", "/dev/vda"}, want: "mmcblk0"},
+		// sdb and sdc hold data no wipe can reach: not "no disk".
 		{name: "mmc partition excludes the disk", selector: "largest", exclude: []string{"nvme0n1", "vda", "vdb", "mmcblk0p1"},
-			wantErr: ErrNoMatch, msg: []string{
+			wantErr: ErrUnwipeable, msg: []string{
 				"sda (1024.0 GiB): removable", "sdb (2048.0 GiB): read-only", "sdc (300.0 GiB): in use by dm-0",
 				"mmcblk0 (32.0 GiB): excluded (mmcblk0p1)", "vda (64.0 GiB): excluded (vda)"}},
+		{name: "only removable left", selector: "largest", exclude: []string{"nvme0n1", "vda", "vdb", "mmcblk0", "sdb", "sdc"},
+			wantErr: ErrNoMatch, msg: []string{"sda (1024.0 GiB): removable"}},
 		{name: "by-id removable", selector: "by-id:usb-SanDisk_Extreme_Pro_1234567890AB-0:0", want: "sda"},
 		{name: "by-id full path", selector: "by-id:/dev/disk/by-id/virtio-rb-build-1", want: "vda"},
 		{name: "by-id derived", selector: "by-id:virtio-rb-scratch", want: "vdb"},
@@ -219,6 +222,26 @@ func TestSelect(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A disk the selector names that holds data no wipe can reach is an
+// error of its own: the board must not boot as if it had no disk.
+func TestSelectUnwipeable(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		d    Disk
+		want error
+	}{
+		{Disk{Name: "sdb", Size: 1 << 30, Serial: "S", ReadOnly: true}, ErrUnwipeable},
+		{Disk{Name: "sdc", Size: 1 << 30, Serial: "S", Holders: []string{"dm-0"}}, ErrUnwipeable},
+		{Disk{Name: "sdd", Size: 0, Serial: "S"}, ErrNoMatch},
+	} {
+		for _, sel := range []string{"serial:S", "largest"} {
+			if _, err := Select([]Disk{tt.d}, sel); !errors.Is(err, tt.want) {
+				t.Errorf("Select(%+v, %q) error %v; want %v", tt.d, sel, err, tt.want)
+			}
+		}
 	}
 }
 

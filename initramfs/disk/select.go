@@ -19,6 +19,11 @@ var (
 	// matches the selector; the message lists every disk considered and
 	// why it was passed over.
 	ErrNoMatch = errors.New("no usable disk")
+	// ErrUnwipeable is wrapped by Select's errors when the disk the
+	// selector names, or with "largest" every candidate, is there but
+	// read-only or held by device-mapper or md: it may keep an earlier
+	// build's data, so the board must not boot as if it had no disk.
+	ErrUnwipeable = errors.New("the build disk can't be wiped")
 )
 
 // Select picks the build disk from disks (as List returns them) by
@@ -74,7 +79,11 @@ func Select(disks []Disk, selector string, exclude ...string) (Disk, error) {
 		return Disk{}, fmt.Errorf("%w for %s: considered %s", ErrNoMatch, selector, listing(disks, kind))
 	case 1:
 		if why := unusable(found[0], exclude); why != "" {
-			return Disk{}, fmt.Errorf("%w for %s: %s is %s", ErrNoMatch, selector, found[0].Name, why)
+			err := ErrNoMatch
+			if unwipeable(found[0]) {
+				err = ErrUnwipeable
+			}
+			return Disk{}, fmt.Errorf("%w for %s: %s is %s", err, selector, found[0].Name, why)
 		}
 		return found[0], nil
 	}
@@ -88,6 +97,7 @@ func Select(disks []Disk, selector string, exclude ...string) (Disk, error) {
 func largest(disks []Disk, exclude []string) (Disk, error) {
 	var best Disk
 	var skipped []string
+	stuck := false // a candidate is there but can't be wiped
 	for _, d := range disks {
 		why := unusable(d, exclude)
 		if why == "" && d.Removable {
@@ -95,6 +105,7 @@ func largest(disks []Disk, exclude []string) (Disk, error) {
 		}
 		if why != "" {
 			skipped = append(skipped, fmt.Sprintf("%s (%s): %s", d.Name, gib(d.Size), why))
+			stuck = stuck || (!d.Removable && neverBuildDisk(d.Name) == "" && excluded(d, exclude) == "" && unwipeable(d))
 			continue
 		}
 		if d.Size > best.Size {
@@ -105,9 +116,19 @@ func largest(disks []Disk, exclude []string) (Disk, error) {
 		if len(skipped) == 0 {
 			skipped = []string{"no disks"}
 		}
-		return Disk{}, fmt.Errorf("%w for largest: considered %s", ErrNoMatch, strings.Join(skipped, "; "))
+		err := ErrNoMatch
+		if stuck {
+			err = ErrUnwipeable
+		}
+		return Disk{}, fmt.Errorf("%w for largest: considered %s", err, strings.Join(skipped, "; "))
 	}
 	return best, nil
+}
+
+// unwipeable reports a disk that holds data but that Wipe can't reach:
+// read-only (a build can write-protect some disks) or held by dm or md.
+func unwipeable(d Disk) bool {
+	return d.Size > 0 && (d.ReadOnly || len(d.Holders) > 0)
 }
 
 // unusable says why d can't be the build disk whatever the selector, or
