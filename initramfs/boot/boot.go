@@ -272,6 +272,7 @@ func (b *booter) fail(ctx context.Context, fs ...failure) error {
 	for _, f := range fs {
 		b.rep.Printf("BOOT FAILED at step %s: %v", f.step, f.err)
 	}
+	b.rep.Retry() // if reporting stopped, the failure gets another chance
 	b.flush(ctx)
 	if b.cfg.Shell {
 		b.rep.Printf("rackboot.debug=shell: starting a shell; exit it to reboot")

@@ -157,9 +157,32 @@ func (r *Reporter) enqueue(s Step) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.dead {
+		// Failures wait for Retry, a few of them: the cause of a
+		// failed boot is what the appliance most needs to hear.
+		if s.Status == StatusFailed && len(r.queue) < maxHeldFailures {
+			r.queue = append(r.queue, s)
+		}
 		return
 	}
 	r.queue = append(r.queue, s)
+	r.kick()
+}
+
+// maxHeldFailures bounds the failed steps kept after reporting stopped.
+const maxHeldFailures = 8
+
+// Retry lets a reporter that stopped (see Online) try again, with a
+// fresh budget, and sends the failed steps it kept meanwhile: the
+// appliance may have been restarting while the boot failed. Call it
+// before the last Flush of a failed boot.
+func (r *Reporter) Retry() {
+	r.init()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.dead {
+		return
+	}
+	r.dead, r.fails, r.spent = false, 0, 0
 	r.kick()
 }
 
@@ -193,7 +216,14 @@ func (r *Reporter) send() {
 	for {
 		r.mu.Lock()
 		if len(r.queue) == 0 || r.dead {
-			r.queue = nil
+			// Stopped: keep the failures for Retry (see enqueue).
+			held := r.queue[:0]
+			for _, s := range r.queue {
+				if s.Status == StatusFailed && len(held) < maxHeldFailures {
+					held = append(held, s)
+				}
+			}
+			r.queue = held
 			r.sending = false
 			close(r.idle)
 			r.idle = make(chan struct{})

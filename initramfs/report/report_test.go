@@ -117,6 +117,51 @@ func TestDeadApplianceIsBounded(t *testing.T) {
 	}
 }
 
+// A reporter that stopped while the appliance was away keeps the failed
+// steps, and Retry sends them: the cause of a failed boot isn't lost to
+// an appliance restart.
+func TestRetrySendsHeldFailures(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var got []Step
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var s Step
+		json.NewDecoder(r.Body).Decode(&s)
+		mu.Lock()
+		got = append(got, s)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	var away atomic.Bool
+	away.Store(true)
+	r := &Reporter{
+		URL: srv.URL + "/api/v1/report", Token: "t",
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if away.Load() {
+				return nil, errors.New("connection refused")
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	r.Online()
+	r.Record("network", 0, nil)
+	r.Record("nbd", 0, nil)
+	r.Flush(t.Context()) // both refused: reporting stops
+	r.Record("disk", 0, errors.New("no disk matches"))
+	r.Record("late", 0, nil)
+	away.Store(false)
+	r.Retry()
+	r.Flush(t.Context())
+	mu.Lock()
+	defer mu.Unlock()
+	want := []Step{{Name: "disk", Status: StatusFailed, Error: "no disk matches"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("sent after Retry (-want +got):\n%s", diff)
+	}
+}
+
 type lockedWriter struct {
 	mu *sync.Mutex
 	w  *bytes.Buffer
