@@ -31,6 +31,9 @@ type Board struct {
 	Disk   string // build disk image
 	// DiskSize is the build disk's size in bytes.
 	DiskSize int64
+	// DiskBus is how the build disk is attached on x86: "virtio" (the
+	// default) or "nvme". Set it before PowerOn.
+	DiskBus string
 
 	rack    *Rack
 	tap     string
@@ -136,10 +139,14 @@ func (b *Board) qemuArgs(console string) []string {
 	if b.rack.Accel == "kvm" {
 		cpu = "host"
 	}
+	disk := "virtio-blk-pci,drive=d0"
+	if b.DiskBus == "nvme" {
+		disk = "nvme,drive=d0,serial=rb-" + b.Name
+	}
 	return append([]string{"qemu-system-x86_64", "-M", "pc,graphics=off", "-accel", b.rack.Accel, "-cpu", cpu,
 		"-boot", "n",
 		"-device", "virtio-net-pci,netdev=n0,mac=" + b.MAC,
-		"-device", "virtio-blk-pci,drive=d0"}, common...)
+		"-device", disk}, common...)
 }
 
 // Console is the board's serial console.
