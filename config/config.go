@@ -496,7 +496,7 @@ func checkDiskSelector(s string) error {
 		}
 		return fmt.Errorf("%q: the board's initramfs has no udev and names only virtio-, nvme- and mmc- disks by id; use serial:SERIAL", s)
 	case "by-path":
-		return fmt.Errorf("%q: the board's initramfs has no udev, so no by-path names; use serial:SERIAL or by-id:", s)
+		return fmt.Errorf("%q: the board's initramfs has no udev, so no by-path names; use serial:SERIAL or by-id:NAME", s)
 	}
 	return fmt.Errorf("invalid selector %q (want largest, none, by-id:NAME, or serial:SERIAL)", s)
 }

@@ -165,7 +165,7 @@ boards:
   - {name: d, mac: "52:54:00:00:00:04", arch: amd64, image: min, build_disk: "serial:WD-WX12"}
 `,
 			want: []string{
-				`t.yaml:5: boards[0].build_disk: "by-path:pci-0000:00:1f.2-ata-1": the board's initramfs has no udev, so no by-path names; use serial:SERIAL or by-id:`,
+				`t.yaml:5: boards[0].build_disk: "by-path:pci-0000:00:1f.2-ata-1": the board's initramfs has no udev, so no by-path names; use serial:SERIAL or by-id:NAME`,
 				`t.yaml:6: boards[1].build_disk: "by-id:ata-WDC_WD40_XYZ": the board's initramfs has no udev and names only virtio-, nvme- and mmc- disks by id; use serial:SERIAL`,
 			},
 		},
