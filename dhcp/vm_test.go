@@ -10,7 +10,6 @@
 package dhcp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/rackboot/rackboot/internal/eventtest"
 	"github.com/rackboot/rackboot/internal/testenv"
 )
 
@@ -122,7 +122,7 @@ func TestIPXETiming(t *testing.T) {
 // startVM runs QEMU (argv) in l's switch namespace with netdev "n0", a
 // tap on the bridge, until the test ends, and returns its console output.
 // It restarts c's clock at QEMU's start.
-func startVM(t *testing.T, l *lan, c *capture, argv ...string) *syncBuffer {
+func startVM(t *testing.T, l *lan, c *capture, argv ...string) *eventtest.Buffer {
 	t.Helper()
 	const tap = "tap0"
 	for _, args := range [][]string{
@@ -136,7 +136,7 @@ func startVM(t *testing.T, l *lan, c *capture, argv ...string) *syncBuffer {
 	argv = append(argv, "-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.sw}, argv...)...)
-	var serial syncBuffer
+	var serial eventtest.Buffer
 	cmd.Stdout, cmd.Stderr = &serial, &serial
 	cmd.WaitDelay = 5 * time.Second
 	c.start = time.Now()
@@ -297,24 +297,6 @@ func startCapture(t *testing.T, h *host) *capture {
 		rc.Close()
 	})
 	return c
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestIPXEProxy boots the iPXE ROM on a network whose addresses come

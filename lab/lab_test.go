@@ -14,10 +14,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/rackboot/rackboot/internal/eventtest"
 	"github.com/rackboot/rackboot/nbd/cow"
 )
 
@@ -53,26 +53,8 @@ type env struct {
 	sessions *cow.Store
 	image    *cow.Image
 	cfg      Config
-	catalog  string     // the image catalog's directory, if any
-	logs     syncBuffer // everything the lab logged
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	catalog  string           // the image catalog's directory, if any
+	logs     eventtest.Buffer // everything the lab logged
 }
 
 func newEnv(t *testing.T, unknown UnknownPolicy) *env {

@@ -471,12 +471,11 @@ func TestTransmission(t *testing.T) {
 // An export whose name is a secret is logged by its LogName, also on the
 // warnings of the transmission phase.
 func TestLogName(t *testing.T) {
-	var logs bytes.Buffer
-	var mu sync.Mutex
+	var logs eventtest.Buffer
 	res := mapResolver{"tok3n": {Name: "tok3n", LogName: "board-a@1234", Device: newMemDevice(1 << 20)}}
 	addr := startServer(t, &Server{
 		Resolver: res,
-		Logger:   slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:   slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	c, err := Dial(t.Context(), addr, "tok3n")
 	if err != nil {
@@ -488,25 +487,12 @@ func TestLogName(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	if !strings.Contains(logs.String(), `msg="write beyond end"`) || !strings.Contains(logs.String(), "export=board-a@1234") {
 		t.Errorf("want the warning, naming the export by its LogName; log:\n%s", logs.String())
 	}
 	if strings.Contains(logs.String(), "tok3n") {
 		t.Errorf("the export's name is logged:\n%s", logs.String())
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 func TestBadRequestMagicDisconnects(t *testing.T) {

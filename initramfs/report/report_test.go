@@ -1,7 +1,6 @@
 package report
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,9 +40,8 @@ func TestReports(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer srv.Close()
-	var console bytes.Buffer
-	var cmu sync.Mutex
-	r := &Reporter{URL: srv.URL + "/api/v1/report", Token: "tok", Console: lockedWriter{&cmu, &console}}
+	var console eventtest.Buffer
+	r := &Reporter{URL: srv.URL + "/api/v1/report", Token: "tok", Console: &console}
 	r.Record("mount", time.Millisecond, nil)
 	r.Record("modules", 2*time.Millisecond, errors.New("no nbd.ko"))
 	r.Online()
@@ -59,8 +57,6 @@ func TestReports(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("reports (-want +got):\n%s", diff)
 	}
-	cmu.Lock()
-	defer cmu.Unlock()
 	if !strings.Contains(console.String(), "rackboot: step=modules status=failed dur=2ms err=no nbd.ko\n") {
 		t.Errorf("console:\n%s", console.String())
 	}
@@ -77,13 +73,12 @@ func TestDeadApplianceIsBounded(t *testing.T) {
 	}
 	defer ln.Close() // accepts into the backlog, never answers
 	var dials atomic.Int32
-	var console bytes.Buffer
-	var cmu sync.Mutex
+	var console eventtest.Buffer
 	r := &Reporter{
 		URL:     "http://" + ln.Addr().String() + "/api/v1/report",
 		Token:   "t",
 		Timeout: 100 * time.Millisecond,
-		Console: lockedWriter{&cmu, &console},
+		Console: &console,
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			dials.Add(1)
 			var d net.Dialer
@@ -108,8 +103,6 @@ func TestDeadApplianceIsBounded(t *testing.T) {
 	if got := dials.Load(); got != DefaultMaxFailures {
 		t.Errorf("connections after giving up: %d more", got-DefaultMaxFailures)
 	}
-	cmu.Lock()
-	defer cmu.Unlock()
 	for _, want := range []string{"appliance unreachable: reporting stopped", "step=late status=ok"} {
 		if !strings.Contains(console.String(), want) {
 			t.Errorf("console lacks %q:\n%s", want, console.String())
@@ -160,17 +153,6 @@ func TestRetrySendsHeldFailures(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("sent after Retry (-want +got):\n%s", diff)
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 func TestClientPost(t *testing.T) {

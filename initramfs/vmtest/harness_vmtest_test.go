@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/rackboot/rackboot/initramfs/report"
+	"github.com/rackboot/rackboot/internal/eventtest"
 	"github.com/rackboot/rackboot/internal/netns"
 	"github.com/rackboot/rackboot/internal/testenv"
 	vnetns "github.com/vishvananda/netns"
@@ -330,8 +331,8 @@ type lab struct {
 
 	mu     sync.Mutex
 	nbd    *exec.Cmd
-	nbdLog syncBuffer
-	dhcp   syncBuffer
+	nbdLog eventtest.Buffer
+	dhcp   eventtest.Buffer
 }
 
 func newLab(t *testing.T, ctx context.Context, rootImg string) *lab {
@@ -530,21 +531,4 @@ func fields(s string) map[string]string {
 		m[k] = v
 	}
 	return m
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

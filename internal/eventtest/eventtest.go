@@ -126,3 +126,26 @@ func (l LogCounter) WithGroup(name string) slog.Handler {
 	l.next = l.next.WithGroup(name)
 	return l
 }
+
+// Buffer collects what a program writes (its log, its console) for a test
+// to read while the program goes on writing. Its zero value is ready; it
+// is safe for concurrent use.
+type Buffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+// Write implements io.Writer.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.b = append(b.b, p...)
+	return len(p), nil
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.b)
+}
