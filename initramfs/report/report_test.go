@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,12 +19,18 @@ import (
 	"github.com/rackboot/rackboot/internal/eventtest"
 )
 
-func TestReports(t *testing.T) {
-	t.Parallel()
-	var mu sync.Mutex
-	var got []Step
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost || r.URL.Path != "/api/v1/report" || r.Header.Get("Authorization") != "Bearer tok" {
+// appliance is a report endpoint that accepts token's well-formed
+// reports and keeps them in order.
+type appliance struct {
+	*httptest.Server
+	mu  sync.Mutex
+	got []Step
+}
+
+func newAppliance(t *testing.T, token string) *appliance {
+	a := &appliance{}
+	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/api/v1/report" || r.Header.Get("Authorization") != "Bearer "+token {
 			http.Error(w, "bad", http.StatusBadRequest)
 			return
 		}
@@ -34,12 +41,25 @@ func TestReports(t *testing.T) {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		mu.Lock()
-		got = append(got, s)
-		mu.Unlock()
+		a.mu.Lock()
+		a.got = append(a.got, s)
+		a.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	}))
-	defer srv.Close()
+	t.Cleanup(a.Close)
+	return a
+}
+
+// steps returns the reports received so far.
+func (a *appliance) steps() []Step {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.got)
+}
+
+func TestReports(t *testing.T) {
+	t.Parallel()
+	srv := newAppliance(t, "tok")
 	var console eventtest.Buffer
 	r := &Reporter{URL: srv.URL + "/api/v1/report", Token: "tok", Console: &console}
 	r.Record("mount", time.Millisecond, nil)
@@ -52,9 +72,7 @@ func TestReports(t *testing.T) {
 		{Name: "modules", Status: "failed", Duration: 2 * time.Millisecond, Error: "no nbd.ko"},
 		{Name: "identify", Status: "ok", Detail: json.RawMessage(`{"cpus":2}`)},
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if diff := cmp.Diff(want, got); diff != "" {
+	if diff := cmp.Diff(want, srv.steps()); diff != "" {
 		t.Errorf("reports (-want +got):\n%s", diff)
 	}
 	if !strings.Contains(console.String(), "rackboot: step=modules status=failed dur=2ms err=no nbd.ko\n") {
@@ -115,17 +133,7 @@ func TestDeadApplianceIsBounded(t *testing.T) {
 // an appliance restart.
 func TestRetrySendsHeldFailures(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	var got []Step
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var s Step
-		json.NewDecoder(r.Body).Decode(&s)
-		mu.Lock()
-		got = append(got, s)
-		mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
+	srv := newAppliance(t, "t")
 	var away atomic.Bool
 	away.Store(true)
 	r := &Reporter{
@@ -147,10 +155,8 @@ func TestRetrySendsHeldFailures(t *testing.T) {
 	away.Store(false)
 	r.Retry()
 	r.Flush(t.Context())
-	mu.Lock()
-	defer mu.Unlock()
 	want := []Step{{Name: "disk", Status: StatusFailed, Error: "no disk matches"}}
-	if diff := cmp.Diff(want, got); diff != "" {
+	if diff := cmp.Diff(want, srv.steps()); diff != "" {
 		t.Errorf("sent after Retry (-want +got):\n%s", diff)
 	}
 }
