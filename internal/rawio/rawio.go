@@ -10,12 +10,21 @@
 // reads and writes on non-blocking descriptors wait in the network poller
 // instead, and file reads first try preadv2(RWF_NOWAIT), which only
 // succeeds from the page cache, falling back to an ordinary pread.
+//
+// A Conn can also be told to wait in the kernel (see SetKernelWait)
+// before it parks in the poller: at queue depth 1 that lets the kernel
+// wake the serving thread directly when the next request arrives, as it
+// would a C server's, instead of waking the poller's thread, which then
+// wakes another to run the goroutine.
 package rawio
 
 import (
 	"io"
 	"os"
+	"runtime"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // maxIovecs bounds one writev; the rest goes in the next call.
@@ -34,6 +43,7 @@ type Conn struct {
 	rp      []byte
 	rn      int
 	rerrno  syscall.Errno
+	rwait   time.Duration // see SetKernelWait
 	readFn  func(fd uintptr) bool
 	wback   [][]byte // wbufs' backing array, kept between calls
 	wbufs   [][]byte
@@ -72,19 +82,63 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return c.rn, nil
 }
 
+// MaxKernelWait bounds SetKernelWait: a thread waiting in the kernel
+// keeps its P, and the runtime takes a P back from a system call that
+// blocks for 10ms when no other is idle.
+const MaxKernelWait = 5 * time.Millisecond
+
+// kernelWaitCap is MaxKernelWait, but for tests that must see a wait.
+var kernelWaitCap = MaxKernelWait
+
+// kernelWaiters counts the threads waiting in the kernel in Read, across
+// every Conn; see SetKernelWait.
+var kernelWaiters atomic.Int32
+
+// SetKernelWait makes the following Reads that would block first wait
+// for the socket in the kernel (ppoll), for at most d, and only then park
+// in the network poller. The thread, and the scheduler's P it holds, wait
+// with it, so at most GOMAXPROCS-1 Reads of the whole process wait like
+// this at once (none with GOMAXPROCS 1): the others park at once, as they
+// do with d = 0, the default. d is capped at MaxKernelWait. Deadlines
+// and Close take effect when the wait ends, so they can lag by up to d.
+// Call it only between Reads.
+func (c *Conn) SetKernelWait(d time.Duration) {
+	c.rwait = min(max(d, 0), kernelWaitCap)
+}
+
 // readOnce is called by the poller with the socket; false means wait
 // until it is readable and call again.
 func (c *Conn) readOnce(fd uintptr) bool {
+	waited := false
 	for {
 		c.rn, c.rerrno = read(fd, c.rp)
 		switch c.rerrno {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if c.rwait > 0 && !waited {
+				waited = true
+				if kernelWait(fd, c.rwait) {
+					continue
+				}
+			}
 			return false
 		}
 		return true
 	}
+}
+
+// kernelWait waits up to d for fd to become readable, in the kernel,
+// if fewer than GOMAXPROCS-1 other threads are doing so. It reports
+// whether fd is readable (or has an error or hang-up to read).
+func kernelWait(fd uintptr, d time.Duration) bool {
+	limit := int32(runtime.GOMAXPROCS(0) - 1)
+	if kernelWaiters.Add(1) > limit {
+		kernelWaiters.Add(-1)
+		return false
+	}
+	defer kernelWaiters.Add(-1)
+	return pollReadable(fd, d)
 }
 
 // WriteBuffers writes all of bufs, in order, as one stream.

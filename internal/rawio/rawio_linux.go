@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +33,15 @@ func writev(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
 	}
 	n, _, e := syscall.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
 	return int(n), e
+}
+
+// pollReadable blocks in ppoll for up to d until fd is readable. It is
+// an ordinary system call (through the scheduler), since it blocks.
+func pollReadable(fd uintptr, d time.Duration) bool {
+	pfd := unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	ts := unix.NsecToTimespec(d.Nanoseconds())
+	n, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	return e == 0 && n == 1
 }
 
 // File reads a regular file, from the page cache without a trip through

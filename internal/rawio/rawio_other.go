@@ -5,6 +5,7 @@ package rawio
 import (
 	"os"
 	"syscall"
+	"time"
 )
 
 func read(fd uintptr, p []byte) (int, syscall.Errno) {
@@ -22,6 +23,9 @@ func writev(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
 	}
 	return n, 0
 }
+
+// pollReadable waits in the poller instead on this system.
+func pollReadable(uintptr, time.Duration) bool { return false }
 
 // File reads a file; on this system it is os.File.ReadAt.
 type File struct{ f *os.File }
