@@ -573,6 +573,16 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	}()
 	var hdr [requestHeaderLen]byte
 	for {
+		if c.raw != nil {
+			// With nothing in flight (a client at queue depth 1), the
+			// next request is usually a round trip away: wait for it in
+			// the kernel, so that it wakes this thread directly.
+			wait := time.Duration(0)
+			if inFlight.Load() == 0 {
+				wait = idleKernelWait
+			}
+			c.raw.SetKernelWait(wait)
+		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			switch {
 			case ctx.Err() != nil:
@@ -657,6 +667,12 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 		})
 	}
 }
+
+// idleKernelWait is how long a connection with no request in flight
+// waits for its next request in the kernel before it parks in the
+// network poller (rawio.Conn.SetKernelWait). It covers a client's round
+// trip on a LAN and on loopback; shutdown can lag by as much.
+const idleKernelWait = time.Millisecond
 
 // noReply is do's answer when it has already sent the reply itself.
 const noReply = ^uint32(0)
