@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rackboot/rackboot/internal/rawio"
 )
 
 // Well-known ports.
@@ -474,6 +476,11 @@ func (s *Server) ServePXE(ctx context.Context, conn net.PacketConn) error {
 	return s.serve(ctx, conn, portPXE, nil)
 }
 
+// kernelWait is how long the reading worker waits for the next packet in
+// the kernel before it parks in the network poller. Shutdown, which closes
+// the socket, can lag by as much.
+const kernelWait = time.Millisecond
+
 // maxDatagram is the read buffer size: any UDP payload.
 const maxDatagram = 1 << 16
 
@@ -491,9 +498,20 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 	buf := make([]byte, maxDatagram) // only the reading worker uses it
 	var backoff time.Duration
 	queued := queuedFunc(conn)
+	var rc syscall.RawConn
+	if sc, ok := conn.(syscall.Conn); ok {
+		rc, _ = sc.SyscallConn()
+	}
 	rd := &readers{max: s.cfg.maxInFlight}
 	rd.read = func(released func(bool)) bool {
 		for {
+			if rc != nil {
+				// A client's next packet (its REQUEST after our OFFER,
+				// the next client's DISCOVER) is usually a round trip
+				// away: wait for it in the kernel, so that it wakes this
+				// thread directly (see rawio.WaitReadable).
+				rawio.WaitReadable(rc, kernelWait)
+			}
 			n, from, err := conn.ReadFrom(buf)
 			if err != nil {
 				if ctx.Err() != nil {

@@ -122,3 +122,28 @@ func TestConnReadKernelWaitDeadline(t *testing.T) {
 		t.Fatalf("Read after the deadline: %v, want a timeout", err)
 	}
 }
+
+// TestWaitReadable: WaitReadable reports a socket with data to read, and
+// gives up on one without after its wait.
+func TestWaitReadable(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("needs GOMAXPROCS >= 2: with 1, nothing waits in the kernel")
+	}
+	a, b := tcpPair(t)
+	rc, err := b.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if WaitReadable(rc, time.Millisecond) {
+		t.Fatal("WaitReadable = true with nothing sent")
+	}
+	if _, err := a.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if !WaitReadable(rc, time.Second) {
+		t.Fatal("WaitReadable = false with a byte to read")
+	}
+	if WaitReadable(rc, 0) {
+		t.Fatal("WaitReadable(0) = true: a zero wait must not wait at all")
+	}
+}

@@ -106,6 +106,21 @@ func (c *Conn) SetKernelWait(d time.Duration) {
 	c.rwait = min(max(d, 0), kernelWaitCap)
 }
 
+// WaitReadable waits, in the kernel, for at most d (capped at
+// MaxKernelWait) until the socket behind rc is readable, under the same
+// limit as SetKernelWait; it returns at once when that limit is reached.
+// It reports whether the socket is readable. A datagram server calls it
+// before a read that would otherwise park in the network poller.
+func WaitReadable(rc syscall.RawConn, d time.Duration) bool {
+	d = min(d, kernelWaitCap)
+	if d <= 0 {
+		return false
+	}
+	var ok bool
+	rc.Control(func(fd uintptr) { ok = kernelWait(fd, d) })
+	return ok
+}
+
 // readOnce is called by the poller with the socket; false means wait
 // until it is readable and call again.
 func (c *Conn) readOnce(fd uintptr) bool {
