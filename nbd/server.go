@@ -558,12 +558,20 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 		// The shutdown may have fired before the deadline was cleared.
 		c.nc.SetReadDeadline(aLongTimeAgo)
 	}
-	slots := make(chan struct{}, orDefault(c.s.MaxInFlight, DefaultMaxInFlight))
+	maxWorkers := orDefault(c.s.MaxInFlight, DefaultMaxInFlight)
 	maxBytes := int64(max(orDefault(c.s.MaxBytesInFlight, DefaultMaxBytesInFlight), MaxPayload))
 	budget := semaphore.NewWeighted(maxBytes)
+	// Requests that aren't answered inline go to the connection's
+	// workers, started as needed up to maxWorkers and kept until the
+	// connection ends: a goroutine per request cost a start and, in the
+	// deep write path, a stack copy each (a twentieth of the CPU at queue
+	// depth 32).
 	var wg sync.WaitGroup
 	var inFlight atomic.Int32
+	work := make(chan func())
+	workers := 0
 	defer func() {
+		close(work)
 		wg.Wait()
 		if !exp.ReadOnly {
 			if err := exp.Device.Sync(); err != nil {
@@ -656,15 +664,28 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 			handle()
 			continue
 		}
-		slots <- struct{}{}
 		inFlight.Add(1)
-		wg.Go(func() {
-			defer func() {
-				inFlight.Add(-1)
-				<-slots
-			}()
+		job := func() {
+			defer inFlight.Add(-1)
 			handle()
-		})
+		}
+		select {
+		case work <- job: // an idle worker took it
+			continue
+		default:
+		}
+		if workers < maxWorkers {
+			workers++
+			wg.Go(func() {
+				job()
+				for job := range work {
+					job()
+				}
+			})
+			continue
+		}
+		c.log.Debug("waiting for a worker", "max", maxWorkers)
+		work <- job // every worker is busy: wait for one
 	}
 }
 

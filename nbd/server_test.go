@@ -617,6 +617,68 @@ func TestMaxBytesInFlight(t *testing.T) {
 	}
 }
 
+// A connection runs at most MaxInFlight requests at once: with that many
+// stuck in the device, the next waits for a worker, and runs when one is
+// free.
+func TestMaxInFlight(t *testing.T) {
+	t.Parallel()
+	const max = 2
+	dev := &blockDevice{memDevice: newMemDevice(1 << 20), started: make(chan struct{}, max+1), release: make(chan struct{})}
+	logs := eventtest.NewLogCounter(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	addr := startServer(t, &Server{
+		Resolver:    mapResolver{"b": {Name: "b", Device: dev}},
+		MaxInFlight: max,
+		Logger:      slog.New(logs),
+	})
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(dev.release) }) }
+	t.Cleanup(release) // before the server's: a failed test mustn't hang its drain
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := Handshake(t.Context(), conn, "b"); err != nil {
+		t.Fatal(err)
+	}
+	// All in one write, so that the server sees each one queued behind
+	// the one before and hands it to a worker.
+	var b []byte
+	for h := range uint64(max + 1) {
+		b = appendRequest(b, request{typ: cmdRead, handle: h, offset: h * 4096, length: 4096})
+	}
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	for range max {
+		<-dev.started
+	}
+	logs.Of("waiting for a worker").Wait(t, 1, "the last read waiting for a worker")
+	select {
+	case <-dev.started:
+		t.Fatalf("%d reads reached the device at once with MaxInFlight %d", max+1, max)
+	default:
+	}
+	release()
+	seen := map[uint64]bool{}
+	for range max + 1 {
+		h := make([]byte, replyHeaderLen)
+		if _, err := io.ReadFull(conn, h); err != nil {
+			t.Fatal(err)
+		}
+		if binary.BigEndian.Uint32(h[4:]) != 0 {
+			t.Fatalf("reply % x: an error", h)
+		}
+		seen[binary.BigEndian.Uint64(h[8:])] = true
+		if _, err := io.CopyN(io.Discard, conn, 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) != max+1 {
+		t.Fatalf("replies to handles %v; want %d distinct", seen, max+1)
+	}
+}
+
 // Our client refuses lengths the protocol can't carry, and requests after
 // Close, rather than sending something else.
 func TestClientLimits(t *testing.T) {
