@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -266,8 +267,27 @@ type conn struct {
 
 	raw *rawio.Conn // nc with raw system calls, nil if it has none
 
-	wmu    sync.Mutex // serialises replies
+	wmu    sync.Mutex // serialises writes to the socket
 	broken atomic.Bool
+
+	// Replies wait in a queue, and whoever finds no flush under way
+	// writes the whole queue with one writev: at queue depth 32 a
+	// system call (and a TCP segment, and a wake-up of the client) per
+	// reply was a third of the server's CPU. An entry keeps its data and
+	// its request's share of the bytes in flight until it is written.
+	qmu      sync.Mutex
+	queue    []queuedReply
+	flushing bool          // a goroutine is flushing the queue; under qmu
+	spare    []queuedReply // the flusher's other queue
+	iov      [][]byte      // the flusher's scratch
+	budget   *semaphore.Weighted
+}
+
+// queuedReply is a reply waiting in conn.queue.
+type queuedReply struct {
+	hdr    [replyHeaderLen]byte
+	data   []byte // a pool buffer, or nil
+	weight int64  // released from conn.budget once written
 }
 
 func peerAddr(a net.Addr) netip.AddrPort {
@@ -561,6 +581,7 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	maxWorkers := orDefault(c.s.MaxInFlight, DefaultMaxInFlight)
 	maxBytes := int64(max(orDefault(c.s.MaxBytesInFlight, DefaultMaxBytesInFlight), MaxPayload))
 	budget := semaphore.NewWeighted(maxBytes)
+	c.budget = budget
 	// Requests that aren't answered inline go to the connection's
 	// workers, started as needed up to maxWorkers and kept until the
 	// connection ends: a goroutine per request cost a start and, in the
@@ -617,7 +638,7 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 				c.log.Warn("reading write payload", "err", err)
 				return
 			}
-			c.send(req.handle, errInval, nil)
+			c.send(req.handle, errInval, nil, 0)
 			continue
 		}
 		// A read or write holds up to its length in memory until its
@@ -646,17 +667,15 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 			}
 		}
 		handle := func() {
-			defer budget.Release(weight)
 			errno, data := c.do(exp, req, payload)
 			if payload != nil {
 				putBuf(payload)
 			}
-			if errno != noReply {
-				c.send(req.handle, errno, data)
+			if errno == noReply {
+				budget.Release(weight)
+				return
 			}
-			if data != nil {
-				putBuf(data)
-			}
+			c.send(req.handle, errno, data, weight)
 		}
 		if inFlight.Load() == 0 && c.br.Buffered() == 0 {
 			// Nothing else is pending (a client at queue depth 1):
@@ -899,27 +918,73 @@ func (c *conn) errno(req request, err error) uint32 {
 	return code
 }
 
-// send writes one simple reply. After a failed write the connection is
-// closed, which also ends the request reader.
-func (c *conn) send(handle uint64, errno uint32, data []byte) {
-	var h [replyHeaderLen]byte
-	putReply(h[:], errno, handle)
+// send queues one simple reply and, unless another goroutine is flushing
+// the queue, flushes it. It takes data (a pool buffer, or nil) and weight
+// (the request's bytes in flight, released once the reply is written).
+// After a failed write the connection is closed, which also ends the
+// request reader; later replies are dropped.
+func (c *conn) send(handle uint64, errno uint32, data []byte, weight int64) {
+	c.qmu.Lock()
+	c.queue = append(c.queue, queuedReply{data: data, weight: weight})
+	putReply(c.queue[len(c.queue)-1].hdr[:], errno, handle)
+	if c.flushing {
+		c.qmu.Unlock()
+		return // the flusher writes it
+	}
+	c.flushing = true
+	c.qmu.Unlock()
+	c.flush()
+}
+
+// flush writes the reply queue until it finds it empty.
+func (c *conn) flush() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	for {
+		c.qmu.Lock()
+		batch := c.queue
+		if len(batch) == 0 {
+			c.flushing = false
+			c.qmu.Unlock()
+			return
+		}
+		c.queue = c.spare[:0]
+		c.qmu.Unlock()
+		c.writeReplies(batch)
+		for i := range batch {
+			if batch[i].data != nil {
+				putBuf(batch[i].data)
+			}
+			if batch[i].weight > 0 {
+				c.budget.Release(batch[i].weight)
+			}
+		}
+		clear(batch) // hold no buffers
+		c.spare = batch[:0]
+	}
+}
+
+// writeReplies writes batch to the socket; c.wmu is held.
+func (c *conn) writeReplies(batch []queuedReply) {
 	if c.broken.Load() {
 		return
+	}
+	c.iov = c.iov[:0]
+	for i := range batch {
+		c.iov = append(c.iov, batch[i].hdr[:])
+		if len(batch[i].data) > 0 {
+			c.iov = append(c.iov, batch[i].data)
+		}
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(orDefault(c.s.WriteTimeout, DefaultWriteTimeout)))
 	var err error
 	if c.raw != nil {
-		err = c.raw.WriteBuffers(h[:], data)
+		err = c.raw.WriteBuffers(c.iov...)
 	} else {
-		bufs := net.Buffers{h[:]}
-		if len(data) > 0 {
-			bufs = append(bufs, data)
-		}
+		bufs := net.Buffers(slices.Clone(c.iov))
 		_, err = bufs.WriteTo(c.nc)
 	}
+	clear(c.iov)
 	if err != nil {
 		c.broken.Store(true)
 		c.log.Warn("sending reply", "err", err)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/semaphore"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -676,6 +677,61 @@ func TestMaxInFlight(t *testing.T) {
 	}
 	if len(seen) != max+1 {
 		t.Fatalf("replies to handles %v; want %d distinct", seen, max+1)
+	}
+}
+
+// A queued reply holds its request's bytes in flight until it is
+// written, not just until it is queued: otherwise a client that stops
+// reading would let the server read requests, and queue replies, without
+// bound.
+func TestReplyQueueHoldsBytesInFlight(t *testing.T) {
+	t.Parallel()
+	const total, w1, w2 = 1 << 20, 4096, 8192
+	client, server := net.Pipe() // a write blocks until the peer reads it
+	defer client.Close()
+	defer server.Close()
+	c := &conn{s: &Server{}, nc: server, log: slog.New(slog.DiscardHandler), budget: semaphore.NewWeighted(total)}
+	for _, w := range []int64{w1, w2} {
+		if !c.budget.TryAcquire(w) {
+			t.Fatal("budget exhausted before the test began")
+		}
+	}
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		c.send(1, 0, getBuf(w1), w1) // becomes the flusher, and blocks
+	}()
+	var b [1]byte
+	if _, err := io.ReadFull(client, b[:]); err != nil { // the flusher is writing
+		t.Fatal(err)
+	}
+	c.send(2, 0, getBuf(w2), w2) // queued behind the blocked write
+	if c.budget.TryAcquire(total - w1 - w2 + 1) {
+		t.Fatal("a reply's bytes in flight were released before it was written")
+	}
+	got := map[uint64]int{}
+	for i := range 2 {
+		h := make([]byte, replyHeaderLen)
+		have := copy(h, b[:1-i]) // the first reply's first byte was read above
+		if _, err := io.ReadFull(client, h[have:]); err != nil {
+			t.Fatal(err)
+		}
+		handle := binary.BigEndian.Uint64(h[8:])
+		n := map[uint64]int{1: w1, 2: w2}[handle]
+		if n == 0 || binary.BigEndian.Uint32(h[4:]) != 0 {
+			t.Fatalf("reply % x; want handle 1 or 2, no error", h)
+		}
+		if _, err := io.CopyN(io.Discard, client, int64(n)); err != nil {
+			t.Fatal(err)
+		}
+		got[handle] = n
+	}
+	if len(got) != 2 {
+		t.Fatalf("replies %v; want one for each handle", got)
+	}
+	<-first
+	if err := c.budget.Acquire(t.Context(), total); err != nil { // every byte comes back
+		t.Fatal(err)
 	}
 }
 
