@@ -277,10 +277,10 @@ type conn struct {
 	// its request's share of the bytes in flight until it is written.
 	qmu      sync.Mutex
 	queue    []queuedReply
-	flushing bool          // a goroutine is flushing the queue; under qmu
-	spare    []queuedReply // the flusher's other queue
-	iov      [][]byte      // the flusher's scratch
-	budget   *semaphore.Weighted
+	flushing bool                // a goroutine is flushing the queue; under qmu
+	spare    []queuedReply       // the flusher's other queue
+	iov      [][]byte            // the flusher's scratch
+	budget   *semaphore.Weighted // bytes in flight; transmit sets it
 }
 
 // queuedReply is a reply waiting in conn.queue.
@@ -580,8 +580,7 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	}
 	maxWorkers := orDefault(c.s.MaxInFlight, DefaultMaxInFlight)
 	maxBytes := int64(max(orDefault(c.s.MaxBytesInFlight, DefaultMaxBytesInFlight), MaxPayload))
-	budget := semaphore.NewWeighted(maxBytes)
-	c.budget = budget
+	c.budget = semaphore.NewWeighted(maxBytes)
 	// Requests that aren't answered inline go to the connection's
 	// workers, started as needed up to maxWorkers and kept until the
 	// connection ends: a goroutine per request cost a start and, in the
@@ -649,9 +648,9 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 		if req.typ == cmdRead || req.typ == cmdWrite {
 			weight = min(int64(req.length), maxBytes)
 		}
-		if !budget.TryAcquire(weight) {
+		if !c.budget.TryAcquire(weight) {
 			c.log.Debug("waiting for bytes in flight", "len", req.length)
-			if err := budget.Acquire(ctx, weight); err != nil {
+			if err := c.budget.Acquire(ctx, weight); err != nil {
 				c.log.Debug("connection drained for shutdown")
 				return
 			}
@@ -661,7 +660,7 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 			payload = getBuf(int(req.length))
 			if _, err := io.ReadFull(c.br, payload); err != nil {
 				putBuf(payload)
-				budget.Release(weight)
+				c.budget.Release(weight)
 				c.log.Warn("reading write payload", "err", err)
 				return
 			}
@@ -672,7 +671,7 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 				putBuf(payload)
 			}
 			if errno == noReply {
-				budget.Release(weight)
+				c.budget.Release(weight)
 				return
 			}
 			c.send(req.handle, errno, data, weight)

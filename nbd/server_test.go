@@ -563,18 +563,18 @@ func TestMaxConnectionsPerPeer(t *testing.T) {
 	}
 }
 
-// A connection's requests hold at most MaxBytesInFlight: a request that
-// would exceed it isn't read (nor its payload allocated) until earlier
-// ones are answered.
-func TestMaxBytesInFlight(t *testing.T) {
-	t.Parallel()
-	dev := &blockDevice{memDevice: newMemDevice(2 * MaxPayload), started: make(chan struct{}, 2), release: make(chan struct{})}
+// startBlocked starts srv, with its limits set by the caller, serving a
+// blockDevice of size bytes as export "b" (room for starts reads to
+// announce themselves), logging at debug level to the returned counter,
+// and returns a connection in transmission to it and the function that
+// lets the device's reads go on.
+func startBlocked(t *testing.T, size, starts int, srv *Server) (net.Conn, *blockDevice, eventtest.LogCounter, func()) {
+	t.Helper()
+	dev := &blockDevice{memDevice: newMemDevice(size), started: make(chan struct{}, starts), release: make(chan struct{})}
 	logs := eventtest.NewLogCounter(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	addr := startServer(t, &Server{
-		Resolver:         mapResolver{"b": {Name: "b", Device: dev}},
-		MaxBytesInFlight: MaxPayload,
-		Logger:           slog.New(logs),
-	})
+	srv.Resolver = mapResolver{"b": {Name: "b", Device: dev}}
+	srv.Logger = slog.New(logs)
+	addr := startServer(t, srv)
 	var releaseOnce sync.Once
 	release := func() { releaseOnce.Do(func() { close(dev.release) }) }
 	t.Cleanup(release) // before the server's: a failed test mustn't hang its drain
@@ -582,10 +582,19 @@ func TestMaxBytesInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	if _, err := Handshake(t.Context(), conn, "b"); err != nil {
 		t.Fatal(err)
 	}
+	return conn, dev, logs, release
+}
+
+// A connection's requests hold at most MaxBytesInFlight: a request that
+// would exceed it isn't read (nor its payload allocated) until earlier
+// ones are answered.
+func TestMaxBytesInFlight(t *testing.T) {
+	t.Parallel()
+	conn, dev, logs, release := startBlocked(t, 2*MaxPayload, 2, &Server{MaxBytesInFlight: MaxPayload})
 	// Both requests in one write, so that the server sees the second
 	// queued and hands the first to a worker.
 	b := appendRequest(nil, request{typ: cmdRead, handle: 1, offset: 0, length: MaxPayload})
@@ -624,24 +633,7 @@ func TestMaxBytesInFlight(t *testing.T) {
 func TestMaxInFlight(t *testing.T) {
 	t.Parallel()
 	const max = 2
-	dev := &blockDevice{memDevice: newMemDevice(1 << 20), started: make(chan struct{}, max+1), release: make(chan struct{})}
-	logs := eventtest.NewLogCounter(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	addr := startServer(t, &Server{
-		Resolver:    mapResolver{"b": {Name: "b", Device: dev}},
-		MaxInFlight: max,
-		Logger:      slog.New(logs),
-	})
-	var releaseOnce sync.Once
-	release := func() { releaseOnce.Do(func() { close(dev.release) }) }
-	t.Cleanup(release) // before the server's: a failed test mustn't hang its drain
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := Handshake(t.Context(), conn, "b"); err != nil {
-		t.Fatal(err)
-	}
+	conn, dev, logs, release := startBlocked(t, 1<<20, max+1, &Server{MaxInFlight: max})
 	// All in one write, so that the server sees each one queued behind
 	// the one before and hands it to a worker.
 	var b []byte
