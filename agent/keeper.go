@@ -253,6 +253,7 @@ func (k *Keeper) reconnect(ctx context.Context, log *slog.Logger) bool {
 			if !adopted {
 				// The kernel had no dead socket to replace: another
 				// socket is up (a race with a notification that came late).
+				k.down.Store(false) // before the log line, which tells the world
 				log.Info("root connection was alive after all", "dur", r.Down)
 				return true
 			}
