@@ -502,14 +502,16 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 	if sc, ok := conn.(syscall.Conn); ok {
 		rc, _ = sc.SyscallConn()
 	}
+	more := false // the last read left packets queued; only the reading worker uses it
 	rd := &readers{max: s.cfg.maxInFlight}
 	rd.read = func(released func(bool)) bool {
 		for {
-			if rc != nil {
+			if rc != nil && !more {
 				// A client's next packet (its REQUEST after our OFFER,
 				// the next client's DISCOVER) is usually a round trip
 				// away: wait for it in the kernel, so that it wakes this
-				// thread directly (see rawio.WaitReadable).
+				// thread directly (see rawio.WaitReadable). With packets
+				// queued already, the read below finds one at once.
 				rawio.WaitReadable(rc, kernelWait)
 			}
 			n, from, err := conn.ReadFrom(buf)
@@ -531,7 +533,8 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, p port, l2 *raw
 			}
 			backoff = 0
 			pkt := append([]byte(nil), buf[:n]...)
-			released(queued())
+			more = queued()
+			released(more)
 			s.servePacket(ctx, conn, l2, pkt, addrPortOf(from), p)
 			return true
 		}
