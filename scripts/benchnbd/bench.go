@@ -118,18 +118,21 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		}
 		b.log.Error("loopback measurement failed", "err", err)
 	}
-	unavailable := map[string]bool{}
+	// Servers that aren't installed are left out once and for all.
+	var servers []string
+	for _, name := range b.cfg.servers {
+		if _, err := specs()[name].lookPath(b.cfg); err != nil {
+			b.log.Warn("server not measured", "server", name, "err", err)
+			b.res.problem(name, "not measured: "+err.Error())
+			continue
+		}
+		servers = append(servers, name)
+	}
 	for round := range b.cfg.count {
-		for _, name := range b.cfg.servers {
-			if unavailable[name] {
-				continue
-			}
-			b.log.Info("measuring server", "server", name, "round", round+1)
-			ok, err := b.server(ctx, name)
-			if err != nil {
-				return nil, err
-			}
-			unavailable[name] = !ok
+		order := rotate(servers, round)
+		b.log.Info("round", "round", round+1, "order", order)
+		if err := b.round(ctx, order); err != nil {
+			return nil, err
 		}
 	}
 	if rep.sumAfter, err = benchkit.SHA256File(b.image, "image"); err != nil {
@@ -207,99 +210,156 @@ func (b *bench) measure(ctx context.Context, server, key string, f func() (float
 	return nil
 }
 
-// server measures every row for one server and reports whether the server
-// is installed. It returns an error only when ctx is done; failures are
-// recorded in the results.
-func (b *bench) server(ctx context.Context, name string) (bool, error) {
-	spec := specs()[name]
-	bin, err := spec.lookPath(b.cfg)
-	if err != nil {
-		b.log.Warn("server not measured", "server", name, "err", err)
-		b.res.problem(name, "not measured: "+err.Error())
-		return false, nil
-	}
-	if err := b.throughput(ctx, spec, bin); err != nil {
-		return true, err
-	}
-	return true, b.cost(ctx, spec, bin)
-}
-
-// throughput measures the connect storm and the fio rows on one server.
-func (b *bench) throughput(ctx context.Context, spec *serverSpec, bin string) error {
-	inst, err := b.start(ctx, spec, bin, "main")
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		b.log.Error("server failed to start", "server", spec.name, "err", err)
-		b.res.problem(spec.name, "start: "+err.Error())
+// rotate returns s rotated left by n places: round n starts with the
+// server round 0 had at index n.
+func rotate(s []string, n int) []string {
+	if len(s) == 0 {
 		return nil
 	}
+	n %= len(s)
+	return append(append([]string(nil), s[n:]...), s[:n]...)
+}
+
+// running is a server started for a round.
+type running struct {
+	spec *serverSpec
+	inst *instance
+}
+
+// round measures every row on every server in order: the servers run side
+// by side, idle but for the one being measured, and each row is measured on
+// all of them before the next row starts, so that a change in the
+// machine's load over the run (a shared machine's neighbours) falls on
+// every server alike rather than on whichever ran at that time. It returns
+// an error only when ctx is done; failures are recorded in the results.
+func (b *bench) round(ctx context.Context, order []string) error {
+	var servers []running
 	defer func() {
-		if serr := inst.stop(); serr != nil {
-			b.log.Warn("stopping server", "server", spec.name, "err", serr)
+		for _, r := range servers {
+			if err := r.inst.stop(); err != nil {
+				b.log.Warn("stopping server", "server", r.spec.name, "err", err)
+			}
 		}
 	}()
-	fioDir := filepath.Dir(inst.layer)
-
-	// First, while the server is fresh: a rack powering on at once.
-	err = b.measure(ctx, spec.name, "connects", func() (float64, error) {
-		n, err := connectStorm(ctx, inst.addr, b.cfg.connects, b.cfg.greetWithin)
-		if err != nil && ctx.Err() == nil {
-			b.log.Warn("connect storm", "server", spec.name, "greeted", n, "err", err)
-			b.res.problem(spec.name, "connects: "+err.Error())
-			err = nil
+	for _, name := range order {
+		spec := specs()[name]
+		bin, err := spec.lookPath(b.cfg)
+		if err != nil {
+			b.res.problem(name, "not measured: "+err.Error())
+			continue
 		}
-		return float64(n), err
-	})
-	if err != nil {
-		return err
+		inst, err := b.start(ctx, spec, bin, "main")
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.log.Error("server failed to start", "server", name, "err", err)
+			b.res.problem(name, "start: "+err.Error())
+			continue
+		}
+		servers = append(servers, running{spec, inst})
 	}
-	jobs := []struct {
-		key string
-		job fioJob
-		bw  bool // report bandwidth, not IOPS
-	}{
-		{"seq", fioJob{uri: inst.uri(spec.readExport), rw: "read", bs: "1M", depth: b.cfg.seqDepth}, true},
-		{"rr1", fioJob{uri: inst.uri(spec.readExport), rw: "randread", bs: "4k", depth: 1}, false},
-		{"rr32", fioJob{uri: inst.uri(spec.readExport), rw: "randread", bs: "4k", depth: 32}, false},
-		{"clients", fioJob{uri: inst.uri(spec.readExport), rw: "read", bs: "1M", depth: 1, jobs: b.cfg.clients, stagger: clientStagger}, true},
-		{"rw1", fioJob{uri: inst.uri(spec.writeExport), rw: "randwrite", bs: "4k", depth: 1}, false},
-		{"rw32", fioJob{uri: inst.uri(spec.writeExport), rw: "randwrite", bs: "4k", depth: 32}, false},
-	}
-	for _, j := range jobs {
-		j.job.name = j.key
-		j.job.runtime, j.job.ramp = b.cfg.runtime, b.cfg.ramp
-		err := b.measure(ctx, spec.name, j.key, func() (float64, error) {
-			var r fioResult
-			var cpu []cpuPoint
-			var err error
-			for attempt := 1; attempt <= fioAttempts; attempt++ {
-				if !inst.g.Alive() {
-					return 0, fmt.Errorf("server is gone%s", inst.g.LogTail())
-				}
-				meter := inst.g.meter()
-				r, err = runFio(ctx, fioDir, j.job)
-				cpu = meter.end()
-				if !errors.Is(err, errHung) || attempt == fioAttempts {
-					break
-				}
-				b.log.Warn("fio timed out; retrying", "server", spec.name, "row", j.key, "attempt", attempt, "err", err)
-				b.res.problem(spec.name, fmt.Sprintf("%s: attempt %d of %d timed out (%v)", j.key, attempt, fioAttempts, err))
+
+	// First, while the servers are fresh: a rack powering on at once.
+	for _, r := range servers {
+		err := b.measure(ctx, r.spec.name, "connects", func() (float64, error) {
+			n, err := connectStorm(ctx, r.inst.addr, b.cfg.connects, b.cfg.greetWithin)
+			if err != nil && ctx.Err() == nil {
+				b.log.Warn("connect storm", "server", r.spec.name, "greeted", n, "err", err)
+				b.res.problem(r.spec.name, "connects: "+err.Error())
+				err = nil
 			}
-			if err == nil {
-				b.serverCPU(spec.name, j.key, j.bw, j.job, r, cpu)
-			}
-			if j.bw {
-				return r.bw / (1 << 20), err
-			}
-			return r.iops, err
+			return float64(n), err
 		})
 		if err != nil {
 			return err
 		}
 	}
+	for _, j := range b.fioRows() {
+		for _, r := range servers {
+			if err := b.fioRow(ctx, r, j); err != nil {
+				return err
+			}
+		}
+	}
+	// The cost row starts each server afresh, alone.
+	for _, r := range servers {
+		if err := r.inst.stop(); err != nil {
+			b.log.Warn("stopping server", "server", r.spec.name, "err", err)
+		}
+	}
+	for _, name := range order {
+		spec := specs()[name]
+		bin, err := spec.lookPath(b.cfg)
+		if err != nil {
+			continue
+		}
+		if err := b.cost(ctx, spec, bin); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// fioRowSpec is a time-based fio row; the job's export is filled in per
+// server.
+type fioRowSpec struct {
+	key   string
+	job   fioJob
+	bw    bool // report bandwidth, not IOPS
+	write bool // on the copy-on-write export
+}
+
+// fioRows returns the time-based fio rows, in the order they run.
+func (b *bench) fioRows() []fioRowSpec {
+	rows := []fioRowSpec{
+		{key: "seq", job: fioJob{rw: "read", bs: "1M", depth: b.cfg.seqDepth}, bw: true},
+		{key: "rr1", job: fioJob{rw: "randread", bs: "4k", depth: 1}},
+		{key: "rr32", job: fioJob{rw: "randread", bs: "4k", depth: 32}},
+		{key: "clients", job: fioJob{rw: "read", bs: "1M", depth: 1, jobs: b.cfg.clients, stagger: clientStagger}, bw: true},
+		{key: "rw1", job: fioJob{rw: "randwrite", bs: "4k", depth: 1}, write: true},
+		{key: "rw32", job: fioJob{rw: "randwrite", bs: "4k", depth: 32}, write: true},
+	}
+	for i := range rows {
+		rows[i].job.name = rows[i].key
+		rows[i].job.runtime, rows[i].job.ramp = b.cfg.runtime, b.cfg.ramp
+	}
+	return rows
+}
+
+// fioRow measures one time-based row on one running server.
+func (b *bench) fioRow(ctx context.Context, r running, j fioRowSpec) error {
+	job := j.job
+	job.uri = r.inst.uri(r.spec.readExport)
+	if j.write {
+		job.uri = r.inst.uri(r.spec.writeExport)
+	}
+	fioDir := filepath.Dir(r.inst.layer)
+	return b.measure(ctx, r.spec.name, j.key, func() (float64, error) {
+		var res fioResult
+		var cpu []cpuPoint
+		var err error
+		for attempt := 1; attempt <= fioAttempts; attempt++ {
+			if !r.inst.g.Alive() {
+				return 0, fmt.Errorf("server is gone%s", r.inst.g.LogTail())
+			}
+			meter := r.inst.g.meter()
+			res, err = runFio(ctx, fioDir, job)
+			cpu = meter.end()
+			if !errors.Is(err, errHung) || attempt == fioAttempts {
+				break
+			}
+			b.log.Warn("fio timed out; retrying", "server", r.spec.name, "row", j.key, "attempt", attempt, "err", err)
+			b.res.problem(r.spec.name, fmt.Sprintf("%s: attempt %d of %d timed out (%v)", j.key, attempt, fioAttempts, err))
+		}
+		if err == nil {
+			b.serverCPU(r.spec.name, j.key, j.bw, job, res, cpu)
+		}
+		if j.bw {
+			return res.bw / (1 << 20), err
+		}
+		return res.iops, err
+	})
 }
 
 // serverCPU records the server's CPU time per I/O (µs) or per GB (s) in a

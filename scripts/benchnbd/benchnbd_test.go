@@ -356,3 +356,18 @@ func TestCPUMeter(t *testing.T) {
 		}
 	}
 }
+
+func TestRotate(t *testing.T) {
+	s := []string{"a", "b", "c"}
+	for n, want := range []string{"a b c", "b c a", "c a b", "a b c", "b c a"} {
+		if got := strings.Join(rotate(s, n), " "); got != want {
+			t.Errorf("rotate(%v, %d) = %s, want %s", s, n, got, want)
+		}
+	}
+	if got := rotate(nil, 2); len(got) != 0 {
+		t.Errorf("rotate(nil, 2) = %v", got)
+	}
+	if s[0] != "a" {
+		t.Errorf("rotate changed its argument: %v", s)
+	}
+}

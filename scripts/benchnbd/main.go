@@ -12,13 +12,20 @@
 //
 // # Method
 //
-// A base image of random content is created under -workdir and served, one
-// server at a time, on 127.0.0.1 with a port the kernel picked. Read rows use
+// A base image of random content is created under -workdir and served on
+// 127.0.0.1, each server on a port the kernel picked. Read rows use
 // rackboot's read-only export and the other servers' only (copy-on-write)
-// export; write rows go to a copy-on-write export. Each server is started
-// twice: once for the throughput rows and the connect storm, and once more,
-// with an empty write layer, for the write-layer cost row. The base image's
-// SHA-256 is checked before and after the run.
+// export; write rows go to a copy-on-write export. The base image's SHA-256
+// is checked before and after the run.
+//
+// The run is -count rounds. In a round every server is started, and they
+// run side by side for the connect storm and the throughput rows: each row
+// is measured on one server at a time (the others idle), on all of them
+// before the next row starts, so that a change in the machine's load
+// during the run falls on every server alike, not on whichever server ran
+// then. The order rotates each round. Then the servers are stopped, and
+// each is started once more alone, with an empty write layer, for the
+// write-layer cost row.
 //
 // While fio runs, the CPU time (utime+stime) of every process in the
 // server's process group is sampled from /proc. Its rate over the measured

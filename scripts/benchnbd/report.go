@@ -190,9 +190,9 @@ func (r *report) notes() []string {
 	}
 	n = append(n, fmt.Sprintf("base image: %s of random data, sha256 %s, %s at the end of the run", mib(r.cfg.size), r.sumBefore, status))
 	if r.cfg.count > 1 {
-		n = append(n, fmt.Sprintf("each figure is the median of %d rounds; servers ran one at a time, in column order, each round", r.cfg.count))
+		n = append(n, fmt.Sprintf("each figure is the median of %d rounds; in a round the servers run side by side and each row is measured on one server at a time, on all of them before the next row starts, in an order rotated each round (a change in load falls on every server alike)", r.cfg.count))
 	} else {
-		n = append(n, "one round: servers ran one at a time, in column order; on a shared machine, use -count 3 or more for figures to publish")
+		n = append(n, "one round: the servers ran side by side, each row measured on one server at a time, on all of them before the next row; on a shared machine, use -count 3 or more for figures to publish")
 	}
 	n = append(n, fmt.Sprintf("client: fio --ioengine=nbd (libnbd); time-based rows run %v after %v of warm-up; "+
 		"%d clients = fio numjobs=%d threads, one NBD connection each, started over %v (random startdelay), aggregate bandwidth; "+
