@@ -179,6 +179,7 @@ func (b *bench) start(ctx context.Context, spec *serverSpec, bin, phase string) 
 	if err != nil {
 		return nil, err
 	}
+	argv = pinned(b.cfg.serverCPUs, argv)
 	b.log.Info("starting server", "server", spec.name, "argv", argv, "env", env)
 	g, err := startServer(ctx, argv, env, dir, filepath.Join(dir, "server.log"), si.pidFile, spec.daemon)
 	if err != nil {
@@ -330,6 +331,7 @@ func (b *bench) fioRows() []fioRowSpec {
 // fioRow measures one time-based row on one running server.
 func (b *bench) fioRow(ctx context.Context, r running, j fioRowSpec) error {
 	job := j.job
+	job.cpus = b.cfg.clientCPUs
 	job.uri = r.inst.uri(r.spec.readExport)
 	if j.write {
 		job.uri = r.inst.uri(r.spec.writeExport)
@@ -412,6 +414,7 @@ func (b *bench) cost(ctx context.Context, spec *serverSpec, bin string) error {
 			depth:  16,
 			ioSize: b.cfg.costBytes,
 			hold:   func() { connected, holdErr = layerBytes(inst.layer, inst.g.PGID) },
+			cpus:   b.cfg.clientCPUs,
 		}
 		if _, err := runFio(ctx, filepath.Dir(inst.layer), job); err != nil {
 			return 0, err

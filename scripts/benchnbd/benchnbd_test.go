@@ -371,3 +371,28 @@ func TestRotate(t *testing.T) {
 		t.Errorf("rotate changed its argument: %v", s)
 	}
 }
+
+func TestParseConfigPin(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ arg, srv, cli string }{
+		{"0/1", "0", "1"},
+		{"0/0", "0", "0"},
+		{"0-1,3/2", "0-1,3", "2"},
+	} {
+		c, err := parseConfig([]string{"-pin", tc.arg}, new(bytes.Buffer))
+		if err != nil || c.serverCPUs != tc.srv || c.clientCPUs != tc.cli {
+			t.Errorf("parseConfig(-pin %s) = %q/%q, %v; want %q/%q", tc.arg, c.serverCPUs, c.clientCPUs, err, tc.srv, tc.cli)
+		}
+	}
+	for _, bad := range []string{"0", "0/", "/1", "a/1", "0/1-0", "0/-1", "0,/1"} {
+		if _, err := parseConfig([]string{"-pin", bad}, new(bytes.Buffer)); err == nil {
+			t.Errorf("parseConfig(-pin %q) succeeded; want an error", bad)
+		}
+	}
+	if got := strings.Join(pinned("0", []string{"fio", "x"}), " "); got != "taskset -c 0 fio x" {
+		t.Errorf("pinned = %q", got)
+	}
+	if got := strings.Join(pinned("", []string{"fio", "x"}), " "); got != "fio x" {
+		t.Errorf("pinned without CPUs = %q", got)
+	}
+}

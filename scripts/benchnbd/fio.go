@@ -36,6 +36,8 @@ type fioJob struct {
 	// hold, if set, is called after the I/O finished but while fio still
 	// holds its NBD connection open (through fio's exec_postrun).
 	hold func()
+	// cpus, if set, pins fio to these CPUs (taskset -c).
+	cpus string
 }
 
 // fioResult is the aggregate of all jobs of a run.
@@ -133,6 +135,7 @@ func (j fioJob) args(out string) []string {
 func runFio(ctx context.Context, dir string, j fioJob) (fioResult, error) {
 	out := filepath.Join(dir, j.name+".json")
 	args := append([]string{"fio"}, j.args(out)...)
+	args = pinned(j.cpus, args)
 	var ready, release *os.File
 	if j.hold != nil {
 		var err error

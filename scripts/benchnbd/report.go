@@ -194,6 +194,9 @@ func (r *report) notes() []string {
 	} else {
 		n = append(n, "one round: the servers ran side by side, each row measured on one server at a time, on all of them before the next row; on a shared machine, use -count 3 or more for figures to publish")
 	}
+	if r.cfg.serverCPUs != "" {
+		n = append(n, fmt.Sprintf("placement: servers pinned to CPUs %s and fio to CPUs %s (taskset -c); the connect storm and the loopback measurement run unpinned", r.cfg.serverCPUs, r.cfg.clientCPUs))
+	}
 	n = append(n, fmt.Sprintf("client: fio --ioengine=nbd (libnbd); time-based rows run %v after %v of warm-up; "+
 		"%d clients = fio numjobs=%d threads, one NBD connection each, started over %v (random startdelay), aggregate bandwidth; "+
 		"a run that times out (typically a connection never greeted) is tried up to %d times; write layer = allocated blocks (st_blocks*512)",

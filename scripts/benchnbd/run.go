@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +35,10 @@ type config struct {
 	costBytes   int64         // bytes of random 4 KiB writes in the write-layer cost row
 	loopback    time.Duration // duration of the loopback TCP measurement
 	count       int           // rounds over all servers; each cell is the median
+	// serverCPUs and clientCPUs, if set, pin the servers and fio to these
+	// CPU lists (taskset -c), to see a row with the threads' placement
+	// fixed instead of left to the scheduler.
+	serverCPUs, clientCPUs string
 }
 
 // serverNames lists the servers benchnbd knows, in column order.
@@ -57,6 +62,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	greet := fs.Duration("greet-timeout", 5*time.Second, "each simultaneous connect must get the NBD greeting within this `duration`")
 	count := fs.Int("count", 1, "measure every server `n` times, in rounds, and report the medians")
 	cost := fs.String("cost", "64M", "`bytes` of random 4 KiB writes in the write-layer cost row")
+	pin := fs.String("pin", "", "`SERVER/CLIENT` CPU lists (taskset -c syntax, e.g. 0/1 or 0/0) to pin the servers and fio to; empty: the scheduler places them")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -107,6 +113,13 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	case c.seqDepth < 1 || c.clients < 1 || c.connects < 1 || c.count < 1:
 		return config{}, errors.New("-seq-qd, -clients, -connects and -count must be positive")
 	}
+	if *pin != "" {
+		srv, cli, ok := strings.Cut(*pin, "/")
+		if !ok || !validCPUList(srv) || !validCPUList(cli) {
+			return config{}, fmt.Errorf("-pin %q: want SERVER/CLIENT CPU lists, such as 0/1", *pin)
+		}
+		c.serverCPUs, c.clientCPUs = srv, cli
+	}
 	for name := range strings.SplitSeq(*servers, ",") {
 		name = strings.TrimSpace(name)
 		if name == "" {
@@ -123,6 +136,34 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return config{}, errors.New("-servers: no server selected")
 	}
 	return c, nil
+}
+
+// validCPUList reports whether s is a CPU list as taskset -c takes it:
+// numbers and ranges (0-3), separated by commas.
+func validCPUList(s string) bool {
+	if s == "" {
+		return false
+	}
+	for part := range strings.SplitSeq(s, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a {
+			return false
+		}
+	}
+	return true
+}
+
+// pinned prefixes argv with taskset when cpus is set.
+func pinned(cpus string, argv []string) []string {
+	if cpus == "" {
+		return argv
+	}
+	return append([]string{"taskset", "-c", cpus}, argv...)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
