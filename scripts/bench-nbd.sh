@@ -3,7 +3,8 @@
 # qemu-nbd and nbdkit on the same image and clients (see scripts/benchnbd).
 # Installs the Debian packages it needs if they are missing, builds
 # ./cmd/rackboot into a temporary directory and runs the benchmark.
-# QUICK=1 adds -quick (256 MiB image, 3 s rows); REPORT=FILE adds -out FILE.
+# QUICK=1 adds -quick (256 MiB image, 3 s rows); PIN=S/C adds -pin S/C (servers
+# on CPUs S, fio on CPUs C); REPORT=FILE adds -out FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,5 +28,6 @@ go build -trimpath -ldflags "-X main.version=$version" -o "$tmp/rackboot" ./cmd/
 
 flags=(-rackboot "$tmp/rackboot")
 [[ "${QUICK:-}" == 1 ]] && flags+=(-quick)
+[[ -n "${PIN:-}" ]] && flags+=(-pin "$PIN")
 [[ -n "${REPORT:-}" ]] && flags+=(-out "$REPORT")
 go run ./scripts/benchnbd "${flags[@]}" "$@"
