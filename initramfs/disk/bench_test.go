@@ -20,7 +20,7 @@ func BenchmarkWipeBuild(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				wr, err := Wipe(b.Context(), p)
+				wr, err := Wipe(b.Context(), p, WipeOptions{})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -44,7 +44,7 @@ func BenchmarkWipe(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StartTimer()
-				if _, err := Wipe(b.Context(), p); err != nil {
+				if _, err := Wipe(b.Context(), p, WipeOptions{}); err != nil {
 					b.Fatal(err)
 				}
 			}

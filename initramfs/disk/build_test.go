@@ -97,7 +97,7 @@ func TestBuild(t *testing.T) {
 			var opts BuildOptions
 			opts.SectorSize = tt.sectorSize
 			if tt.wipe {
-				wr, err := Wipe(t.Context(), p)
+				wr, err := Wipe(t.Context(), p, WipeOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -175,7 +175,7 @@ func TestBuildLoop(t *testing.T) {
 		t.Run(ss, func(t *testing.T) {
 			p := sparseImage(t, 1<<30)
 			dev := attachLoop(t, p, "-P", "-b", ss)
-			wr, err := Wipe(t.Context(), dev)
+			wr, err := Wipe(t.Context(), dev, WipeOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

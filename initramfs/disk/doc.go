@@ -7,7 +7,7 @@
 //	disks, _ := disk.List("/sys", "/dev")
 //	mounted, _ := disk.Mounted("/sys", "/proc/self/mountinfo")
 //	d, err := disk.Select(disks, selector, append(mounted, rootDev)...)
-//	wiped, _ := disk.Wipe(ctx, d.Path)
+//	wiped, _ := disk.Wipe(ctx, d.Path, disk.WipeOptions{})
 //	res, _ := disk.Build(ctx, d.Path, disk.BuildOptions{Prezeroed: wiped.ZeroFilled})
 //	// mount res.Partition (ext4, label res.Label, UUID res.UUID)
 //

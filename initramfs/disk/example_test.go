@@ -29,7 +29,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	wiped, err := disk.Wipe(ctx, d.Path)
+	wiped, err := disk.Wipe(ctx, d.Path, disk.WipeOptions{})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -93,8 +93,18 @@ type WipeResult struct {
 // A block device is opened with O_EXCL, so Wipe fails with EBUSY if the
 // disk or any partition of it is mounted or otherwise in use. Wipe doesn't
 // re-read the partition table; [Build] does.
-func Wipe(ctx context.Context, path string) (WipeResult, error) {
-	return wipe(ctx, path, allMethods)
+func Wipe(ctx context.Context, path string, opts WipeOptions) (WipeResult, error) {
+	return wipe(ctx, path, allMethods, opts)
+}
+
+// WipeOptions tune Wipe; the zero value is the default.
+type WipeOptions struct {
+	// Progress, if set, is called as the bulk of the disk is destroyed:
+	// after every wipeChunk bytes (1 GiB) of a method, with the bytes it
+	// has covered so far out of size. A method that fails part way is
+	// followed by the next one from zero. On a disk without discard,
+	// zeroing can take hours; this is how the caller can show it.
+	Progress func(m WipeMethod, done, size int64)
 }
 
 // methodSet selects the methods wipe may use; tests force the fallbacks.
@@ -108,7 +118,7 @@ const (
 	allMethods methodSet = 0xff
 )
 
-func wipe(ctx context.Context, path string, methods methodSet) (WipeResult, error) {
+func wipe(ctx context.Context, path string, methods methodSet, opts WipeOptions) (WipeResult, error) {
 	start := time.Now()
 	d, err := openDisk(path)
 	if err != nil {
@@ -126,7 +136,7 @@ func wipe(ctx context.Context, path string, methods methodSet) (WipeResult, erro
 	}
 	res.Found = old.Found
 
-	res.Method, res.ZeroFilled, err = wipeBulk(ctx, d, methods)
+	res.Method, res.ZeroFilled, err = wipeBulk(ctx, d, methods, opts.Progress)
 	if err != nil {
 		return res, fmt.Errorf("wiping %s: %w", path, err)
 	}
@@ -150,10 +160,21 @@ func wipe(ctx context.Context, path string, methods methodSet) (WipeResult, erro
 }
 
 // wipeBulk destroys the whole disk with the first method that works.
-func wipeBulk(ctx context.Context, d *openedDisk, methods methodSet) (WipeMethod, bool, error) {
+func wipeBulk(ctx context.Context, d *openedDisk, methods methodSet, progress func(WipeMethod, int64, int64)) (WipeMethod, bool, error) {
 	var errs []error
+	report := func(m WipeMethod, done int64) {
+		if progress != nil {
+			progress(m, done, d.size)
+		}
+	}
 	try := func(m WipeMethod, op func(*os.File, int64, int64) error) bool {
-		err := chunked(ctx, d.size, func(off, n int64) error { return op(d.f, off, n) })
+		err := chunked(ctx, d.size, func(off, n int64) error {
+			if err := op(d.f, off, n); err != nil {
+				return err
+			}
+			report(m, off+n)
+			return nil
+		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", m, err))
 		}
@@ -184,7 +205,14 @@ func wipeBulk(ctx context.Context, d *openedDisk, methods methodSet) (WipeMethod
 	if err := ctx.Err(); err != nil {
 		return "", false, err
 	}
-	if err := writeZeroes(ctx, d.f, 0, d.size); err != nil {
+	err := chunked(ctx, d.size, func(off, n int64) error {
+		if err := writeZeroes(ctx, d.f, off, n); err != nil {
+			return err
+		}
+		report(Overwrite, off+n)
+		return nil
+	})
+	if err != nil {
 		return "", false, errors.Join(append(errs, fmt.Errorf("%s: %w", Overwrite, err))...)
 	}
 	return Overwrite, true, nil

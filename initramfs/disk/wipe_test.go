@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -127,9 +128,15 @@ func TestWipe(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			d := makeOldDisk(t, 1<<30)
-			res, err := wipe(t.Context(), d.path, tt.methods)
+			var last progressCall
+			res, err := wipe(t.Context(), d.path, tt.methods, WipeOptions{Progress: func(m WipeMethod, done, size int64) {
+				last = progressCall{m, done, size}
+			}})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if want := (progressCall{tt.want, d.size, d.size}); last != want {
+				t.Errorf("last progress report %+v; want %+v", last, want)
 			}
 			if res.Method != tt.want || !res.ZeroFilled || !res.SampleZero || res.Size != d.size {
 				t.Errorf("Wipe = %+v; want method %s, zero-filled, sampled zero, size %d", res, tt.want, d.size)
@@ -147,6 +154,36 @@ func TestWipe(t *testing.T) {
 			}
 			d.assertNoSignatures(t)
 		})
+	}
+}
+
+type progressCall struct {
+	m          WipeMethod
+	done, size int64
+}
+
+// TestWipeProgress wipes a sparse image of two and a half chunks and
+// checks the reports: one per chunk, the last one for the whole disk.
+func TestWipeProgress(t *testing.T) {
+	t.Parallel()
+	const size = 2*wipeChunk + wipeChunk/2
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
+	}
+	var got []progressCall
+	res, err := Wipe(t.Context(), p, WipeOptions{Progress: func(m WipeMethod, done, size int64) {
+		got = append(got, progressCall{m, done, size})
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []progressCall{{PunchHole, wipeChunk, size}, {PunchHole, 2 * wipeChunk, size}, {PunchHole, size, size}}
+	if res.Method != PunchHole || !slices.Equal(got, want) {
+		t.Errorf("Wipe reported %+v by %s; want %+v", got, res.Method, want)
 	}
 }
 
@@ -206,7 +243,7 @@ func attachLoop(t *testing.T, image string, args ...string) string {
 func TestWipeLoop(t *testing.T) {
 	d := makeOldDisk(t, 1<<30)
 	dev := attachLoop(t, d.path)
-	res, err := Wipe(t.Context(), dev)
+	res, err := Wipe(t.Context(), dev, WipeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +262,7 @@ func TestWipeLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := Wipe(t.Context(), dev); !errors.Is(err, syscall.EBUSY) {
+	if _, err := Wipe(t.Context(), dev, WipeOptions{}); !errors.Is(err, syscall.EBUSY) {
 		t.Errorf("Wipe(%s) while held exclusively: %v; want EBUSY", dev, err)
 	}
 }
@@ -235,10 +272,10 @@ func TestWipeCancelled(t *testing.T) {
 	p := sparseImage(t, 64<<20)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := Wipe(ctx, p); !errors.Is(err, context.Canceled) {
+	if _, err := Wipe(ctx, p, WipeOptions{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wipe with a cancelled context: %v; want context.Canceled", err)
 	}
-	if _, err := Wipe(t.Context(), t.TempDir()); err == nil {
+	if _, err := Wipe(t.Context(), t.TempDir(), WipeOptions{}); err == nil {
 		t.Errorf("Wipe(directory) succeeded; want an error")
 	}
 }

@@ -12,6 +12,9 @@ import (
 	"github.com/rackboot/rackboot/initramfs/disk"
 )
 
+// wipeProgressEvery is how often a long wipe prints its progress.
+const wipeProgressEvery = 30 * time.Second
+
 // usbSettleTimeout bounds the wait for USB disks: usb-storage scans a
 // second after it binds, and slow devices take a few more.
 const usbSettleTimeout = 15 * time.Second
@@ -42,7 +45,9 @@ func (buildDisk) Build(ctx context.Context, selector string, exclude []string) (
 	if err != nil {
 		return "", err
 	}
-	w, err := disk.Wipe(ctx, d.Path)
+	// Zeroing a disk without discard can take hours: say how far it got.
+	progress := disk.ProgressPrinter(os.Stdout, "rackboot: wiping "+d.Path, wipeProgressEvery, nil)
+	w, err := disk.Wipe(ctx, d.Path, disk.WipeOptions{Progress: progress})
 	if err != nil {
 		return "", fmt.Errorf("wiping %s: %w", d.Path, err)
 	}
