@@ -235,13 +235,15 @@ type running struct {
 // an error only when ctx is done; failures are recorded in the results.
 func (b *bench) round(ctx context.Context, order []string) error {
 	var servers []running
-	defer func() {
+	stopAll := func() {
 		for _, r := range servers {
 			if err := r.inst.stop(); err != nil {
 				b.log.Warn("stopping server", "server", r.spec.name, "err", err)
 			}
 		}
-	}()
+	}
+	defer stopAll()
+	bins := map[string]string{}
 	for _, name := range order {
 		spec := specs()[name]
 		bin, err := spec.lookPath(b.cfg)
@@ -249,6 +251,7 @@ func (b *bench) round(ctx context.Context, order []string) error {
 			b.res.problem(name, "not measured: "+err.Error())
 			continue
 		}
+		bins[name] = bin
 		inst, err := b.start(ctx, spec, bin, "main")
 		if err != nil {
 			if ctx.Err() != nil {
@@ -284,18 +287,13 @@ func (b *bench) round(ctx context.Context, order []string) error {
 		}
 	}
 	// The cost row starts each server afresh, alone.
-	for _, r := range servers {
-		if err := r.inst.stop(); err != nil {
-			b.log.Warn("stopping server", "server", r.spec.name, "err", err)
-		}
-	}
+	stopAll()
 	for _, name := range order {
-		spec := specs()[name]
-		bin, err := spec.lookPath(b.cfg)
-		if err != nil {
+		bin, ok := bins[name]
+		if !ok {
 			continue
 		}
-		if err := b.cost(ctx, spec, bin); err != nil {
+		if err := b.cost(ctx, specs()[name], bin); err != nil {
 			return err
 		}
 	}
