@@ -162,19 +162,20 @@ func wipe(ctx context.Context, path string, methods methodSet, opts WipeOptions)
 // wipeBulk destroys the whole disk with the first method that works.
 func wipeBulk(ctx context.Context, d *openedDisk, methods methodSet, progress func(WipeMethod, int64, int64)) (WipeMethod, bool, error) {
 	var errs []error
-	report := func(m WipeMethod, done int64) {
-		if progress != nil {
-			progress(m, done, d.size)
-		}
-	}
-	try := func(m WipeMethod, op func(*os.File, int64, int64) error) bool {
-		err := chunked(ctx, d.size, func(off, n int64) error {
-			if err := op(d.f, off, n); err != nil {
+	// run covers the disk with op chunk by chunk, reporting progress.
+	run := func(m WipeMethod, op func(off, n int64) error) error {
+		return chunked(ctx, d.size, func(off, n int64) error {
+			if err := op(off, n); err != nil {
 				return err
 			}
-			report(m, off+n)
+			if progress != nil {
+				progress(m, off+n, d.size)
+			}
 			return nil
 		})
+	}
+	try := func(m WipeMethod, op func(*os.File, int64, int64) error) bool {
+		err := run(m, func(off, n int64) error { return op(d.f, off, n) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", m, err))
 		}
@@ -205,14 +206,7 @@ func wipeBulk(ctx context.Context, d *openedDisk, methods methodSet, progress fu
 	if err := ctx.Err(); err != nil {
 		return "", false, err
 	}
-	err := chunked(ctx, d.size, func(off, n int64) error {
-		if err := writeZeroes(ctx, d.f, off, n); err != nil {
-			return err
-		}
-		report(Overwrite, off+n)
-		return nil
-	})
-	if err != nil {
+	if err := run(Overwrite, func(off, n int64) error { return writeZeroes(ctx, d.f, off, n) }); err != nil {
 		return "", false, errors.Join(append(errs, fmt.Errorf("%s: %w", Overwrite, err))...)
 	}
 	return Overwrite, true, nil
