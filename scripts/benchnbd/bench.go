@@ -120,18 +120,21 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	}
 	// Servers that aren't installed are left out once and for all.
 	var servers []string
+	bins := map[string]string{}
 	for _, name := range b.cfg.servers {
-		if _, err := specs()[name].lookPath(b.cfg); err != nil {
+		bin, err := specs()[name].lookPath(b.cfg)
+		if err != nil {
 			b.log.Warn("server not measured", "server", name, "err", err)
 			b.res.problem(name, "not measured: "+err.Error())
 			continue
 		}
 		servers = append(servers, name)
+		bins[name] = bin
 	}
 	for round := range b.cfg.count {
 		order := rotate(servers, round)
 		b.log.Info("round", "round", round+1, "order", order)
-		if err := b.round(ctx, order); err != nil {
+		if err := b.round(ctx, order, bins); err != nil {
 			return nil, err
 		}
 	}
@@ -227,13 +230,14 @@ type running struct {
 	inst *instance
 }
 
-// round measures every row on every server in order: the servers run side
-// by side, idle but for the one being measured, and each row is measured on
-// all of them before the next row starts, so that a change in the
-// machine's load over the run (a shared machine's neighbours) falls on
-// every server alike rather than on whichever ran at that time. It returns
-// an error only when ctx is done; failures are recorded in the results.
-func (b *bench) round(ctx context.Context, order []string) error {
+// round measures every row on every server in order (bins holds their
+// binaries, by name): the servers run side by side, idle but for the one
+// being measured, and each row is measured on all of them before the next
+// row starts, so that a change in the machine's load over the run (a
+// shared machine's neighbours) falls on every server alike rather than on
+// whichever ran at that time. It returns an error only when ctx is done;
+// failures are recorded in the results.
+func (b *bench) round(ctx context.Context, order []string, bins map[string]string) error {
 	var servers []running
 	stopAll := func() {
 		for _, r := range servers {
@@ -243,16 +247,9 @@ func (b *bench) round(ctx context.Context, order []string) error {
 		}
 	}
 	defer stopAll()
-	bins := map[string]string{}
 	for _, name := range order {
 		spec := specs()[name]
-		bin, err := spec.lookPath(b.cfg)
-		if err != nil {
-			b.res.problem(name, "not measured: "+err.Error())
-			continue
-		}
-		bins[name] = bin
-		inst, err := b.start(ctx, spec, bin, "main")
+		inst, err := b.start(ctx, spec, bins[name], "main")
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -289,11 +286,7 @@ func (b *bench) round(ctx context.Context, order []string) error {
 	// The cost row starts each server afresh, alone.
 	stopAll()
 	for _, name := range order {
-		bin, ok := bins[name]
-		if !ok {
-			continue
-		}
-		if err := b.cost(ctx, specs()[name], bin); err != nil {
+		if err := b.cost(ctx, specs()[name], bins[name]); err != nil {
 			return err
 		}
 	}
