@@ -22,8 +22,10 @@ type report struct {
 	machine []string
 	tools   []string
 	sum     string // SHA-256 of the file
-	started time.Time
-	elapsed time.Duration
+	// cacheErr says why the file wasn't held in the page cache.
+	cacheErr error
+	started  time.Time
+	elapsed  time.Duration
 }
 
 // toolVersions returns the versions of the servers and the client.
@@ -141,6 +143,14 @@ func (r *report) cpuTable() [][]string {
 }
 
 // notes returns the lines printed under the table.
+// cached says where the servers read the file from.
+func (r *report) cached() string {
+	if r.cacheErr != nil {
+		return "NOT held in the page cache (" + r.cacheErr.Error() + ")"
+	}
+	return "held in the page cache (mapped and locked) for the whole run"
+}
+
 func (r *report) notes() []string {
 	c := r.cfg
 	protos := c.protos()
@@ -169,7 +179,7 @@ func (r *report) notes() []string {
 		line := fmt.Sprintf("TFTP: curl tftp:// --tftp-blksize N, one process per client, all started together, output to /dev/null; "+
 			"MB/s = 10^6 bytes/s, summed over the clients (bytes over the wall time of the whole batch; a batch is repeated "+
 			"until the batches took %v); the file is %s of random "+
-			"data (sha256 %s), in the page cache, and each server's copy was checked once", minRowTime, mib(c.size), r.sum)
+			"data (sha256 %s), %s, and each server's copy was checked once", minRowTime, mib(c.size), r.sum, r.cached())
 		var agreed []string
 		for _, s := range r.res.servers {
 			if b := r.res.blksizes[s]; b != nil {

@@ -23,11 +23,15 @@ type report struct {
 	sumBefore    string
 	sumAfter     string
 	imageChanged bool
-	loopback     float64 // bytes per second, 0 if not measured
-	loadStart    string  // /proc/loadavg's 1-minute figure at the start
-	loadEnd      string  // and at the end
-	started      time.Time
-	elapsed      time.Duration
+	// cached is the share of the base image in the page cache at the end
+	// of the run, held there by the bench; cacheErr says why it wasn't.
+	cached    float64
+	cacheErr  error
+	loopback  float64 // bytes per second, 0 if not measured
+	loadStart string  // /proc/loadavg's 1-minute figure at the start
+	loadEnd   string  // and at the end
+	started   time.Time
+	elapsed   time.Duration
 }
 
 // toolVersions returns the versions of the client and the servers.
@@ -189,6 +193,11 @@ func (r *report) notes() []string {
 		status = "CHANGED: " + r.sumAfter
 	}
 	n = append(n, fmt.Sprintf("base image: %s of random data, sha256 %s, %s at the end of the run", mib(r.cfg.size), r.sumBefore, status))
+	if r.cacheErr != nil {
+		n = append(n, "base image NOT held in the page cache, so rows may have read part of it from disk: "+r.cacheErr.Error())
+	} else {
+		n = append(n, fmt.Sprintf("base image held in the page cache (mapped and locked) for the whole run, so that every server reads it from memory; %.0f%% resident at the end", 100*r.cached))
+	}
 	if r.cfg.count > 1 {
 		n = append(n, fmt.Sprintf("each figure is the median of %d rounds; in a round the servers run side by side and each row is measured on one server at a time, on all of them before the next row starts, in an order rotated each round (a change in load falls on every server alike)", r.cfg.count))
 	} else {
