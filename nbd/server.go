@@ -78,7 +78,9 @@ const (
 // When the context passed to Serve is done, the server stops accepting,
 // stops reading new requests on every connection, finishes the requests
 // already read, syncs each writable export, releases it and closes the
-// connection, like http.Server.Shutdown. If that takes longer than
+// connection, like http.Server.Shutdown. A client still haggling over
+// options has a second to send its next one, which gets
+// NBD_REP_ERR_SHUTDOWN (NBD_OPT_ABORT gets its ACK). If that takes longer than
 // DrainTimeout the remaining connections are closed and Serve returns an
 // error wrapping context.DeadlineExceeded.
 type Server struct {
@@ -258,6 +260,11 @@ func (s *Server) drain() error {
 // aLongTimeAgo is a deadline in the past, used to interrupt blocked reads.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// shutdownGrace is how long a client haggling over options when the
+// server shuts down has to send its next option, which then gets
+// NBD_REP_ERR_SHUTDOWN instead of a dropped connection.
+const shutdownGrace = time.Second
+
 // conn is one client connection.
 type conn struct {
 	s   *Server
@@ -266,6 +273,12 @@ type conn struct {
 	br  *bufio.Reader
 
 	raw *rawio.Conn // nc with raw system calls, nil if it has none
+
+	// haggling is set during option haggling, whose end shutdown
+	// postpones by up to shutdownGrace (see handshake); hagglingUntil
+	// is the handshake's deadline.
+	haggling      atomic.Bool
+	hagglingUntil time.Time
 
 	wmu    sync.Mutex // serialises writes to the socket
 	broken atomic.Bool
@@ -318,8 +331,20 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	}
 	c.br = bufio.NewReaderSize(r, 64<<10)
 	// Shutdown interrupts whatever read is blocked; writes go on so that
-	// in-flight requests still get their replies.
-	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(aLongTimeAgo) })
+	// in-flight requests still get their replies. A client haggling over
+	// options gets a moment to send its next one, which is answered
+	// with NBD_REP_ERR_SHUTDOWN, as the protocol asks.
+	stop := context.AfterFunc(ctx, func() {
+		if c.haggling.Load() {
+			d := time.Now().Add(shutdownGrace)
+			if c.hagglingUntil.Before(d) {
+				d = c.hagglingUntil
+			}
+			nc.SetReadDeadline(d)
+			return
+		}
+		nc.SetReadDeadline(aLongTimeAgo)
+	})
 	defer stop()
 
 	exp, err := c.handshake(ctx, peer)
@@ -348,7 +373,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 // chosen with NBD_OPT_GO or NBD_OPT_EXPORT_NAME, or nil after
 // NBD_OPT_ABORT, or an error when the connection must be dropped.
 func (c *conn) handshake(ctx context.Context, peer netip.AddrPort) (*Export, error) {
-	c.nc.SetDeadline(time.Now().Add(orDefault(c.s.HandshakeTimeout, DefaultHandshakeTimeout)))
+	c.hagglingUntil = time.Now().Add(orDefault(c.s.HandshakeTimeout, DefaultHandshakeTimeout))
+	c.nc.SetDeadline(c.hagglingUntil)
+	c.haggling.Store(true)
+	defer c.haggling.Store(false)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -411,6 +439,20 @@ func (c *conn) handshake(ctx context.Context, peer netip.AddrPort) (*Export, err
 		data := make([]byte, length)
 		if _, err := io.ReadFull(c.br, data); err != nil {
 			return nil, fmt.Errorf("reading %s data: %w", optionName(opt), err)
+		}
+		if ctx.Err() != nil {
+			// Shutting down: every option but ABORT gets
+			// NBD_REP_ERR_SHUTDOWN (EXPORT_NAME has no error reply),
+			// and the client is expected to disconnect.
+			switch opt {
+			case optAbort:
+				reply(opt, repAck)
+				return nil, nil
+			case optExportName:
+			default:
+				errReply(opt, repErrShutdown, "server shutting down")
+			}
+			return nil, fmt.Errorf("%s during shutdown: %w", optionName(opt), ctx.Err())
 		}
 		switch opt {
 		case optExportName:

@@ -794,6 +794,66 @@ func TestShutdownDrains(t *testing.T) {
 	}
 }
 
+// TestShutdownWhileHaggling checks that a client still negotiating when
+// the server shuts down gets NBD_REP_ERR_SHUTDOWN for its next option
+// (or the ACK of an ABORT), then the connection is closed, and that one
+// that sends nothing is closed too.
+func TestShutdownWhileHaggling(t *testing.T) {
+	t.Parallel()
+	res, _, _ := testExports()
+	srv := &Server{Resolver: res, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	addr := ln.Addr().String()
+
+	opts := []struct {
+		name string
+		opt  uint32
+		data []byte
+		want uint32
+	}{
+		{"list", optList, nil, repErrShutdown},
+		{"go", optGo, appendGoRequest(nil, goRequest{name: "ro"}), repErrShutdown},
+		{"abort", optAbort, nil, repAck},
+	}
+	conns := make([]*rawConn, len(opts))
+	for i := range opts {
+		conns[i] = dialRaw(t, addr, flagFixedNewstyle|flagNoZeroes)
+		// An option answered before the shutdown: the server is
+		// haggling with this client.
+		conns[i].option(optList, nil)
+		for {
+			typ, _ := conns[i].reply(optList)
+			if typ == repAck {
+				break
+			}
+		}
+	}
+	silent := dialRaw(t, addr, flagFixedNewstyle|flagNoZeroes)
+	cancel()
+	for i, o := range opts {
+		c := conns[i]
+		c.option(o.opt, o.data)
+		if typ, msg := c.reply(o.opt); typ != o.want {
+			t.Errorf("%s after shutdown: reply %#x (%q); want %#x", o.name, typ, msg, o.want)
+		}
+		if !c.closed() {
+			t.Errorf("%s after shutdown: connection left open", o.name)
+		}
+	}
+	if !silent.closed() {
+		t.Error("silent haggling client: connection left open after shutdown")
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
 // TestSimultaneousConnects is a rack powering on at once: every one of 128
 // connections made together gets its greeting.
 func TestSimultaneousConnects(t *testing.T) {
