@@ -55,8 +55,16 @@ func (s *Server) handle(ctx context.Context, b []byte, peer netip.AddrPort, p po
 		return nil
 	}
 	log = log.With("mac", req.ClientHWAddr.String(), "xid", req.TransactionID.String())
-	mt := req.MessageType()
-	log.Debug("received", "type", mt.String(), "peer", peer.String())
+	log.Debug("received", "type", req.MessageType().String(), "peer", peer.String())
+	r := s.decide(ctx, log, req, peer, p)
+	if r != nil {
+		fitReply(log, req, r.pkt)
+	}
+	return r
+}
+
+// decide handles a valid request: the reply, or nil.
+func (s *Server) decide(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCPv4, peer netip.AddrPort, p port) *reply {
 	if p == portPXE {
 		return s.handlePXE(ctx, log, req, peer)
 	}
@@ -67,7 +75,7 @@ func (s *Server) handle(ctx context.Context, b []byte, peer netip.AddrPort, p po
 		log.Debug("ignoring request relayed from another subnet", "peer", gi.String())
 		return nil
 	}
-	switch mt {
+	switch mt := req.MessageType(); mt {
 	case dhcpv4.MessageTypeDiscover:
 		return s.discover(ctx, log, req)
 	case dhcpv4.MessageTypeRequest:
@@ -735,7 +743,7 @@ func (s *Server) addPXE(resp, req *dhcpv4.DHCPv4, c Client, b Boot) {
 func (s *Server) handleProxy(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCPv4) *reply {
 	mt := req.MessageType()
 	var rt dhcpv4.MessageType
-	switch mt {
+	switch mt := req.MessageType(); mt {
 	case dhcpv4.MessageTypeDiscover:
 		rt = dhcpv4.MessageTypeOffer
 	case dhcpv4.MessageTypeRequest:

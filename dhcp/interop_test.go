@@ -149,6 +149,52 @@ func TestUdhcpc(t *testing.T) {
 	}
 }
 
+// TestUdhcpcSmallBuffer: busybox udhcpc takes a 576-byte datagram (it
+// sends option 57 = 576, and reads into a buffer not much larger). A
+// board with long PXELINUX paths and name would make a 764-byte OFFER;
+// the server drops the options least needed until the reply fits, and
+// udhcpc binds with the configuration file it asked for.
+func TestUdhcpcSmallBuffer(t *testing.T) {
+	l := newLAN(t, "srv", "cli")
+	busybox := testenv.LookPath(t, "busybox")
+	srv, cli := l.host("srv"), l.host("cli")
+	srv.addAddr(t, "10.73.0.1/24")
+	conf := "pxelinux.cfg/" + strings.Repeat("c", 187)
+	booter := &bootTable{}
+	booter.set(cli.mac, Boot{
+		IP:             netip.MustParseAddr("10.73.0.42"),
+		Hostname:       "board-" + strings.Repeat("n", 54),
+		BootFile:       "lpxelinux.0",
+		PXELinuxConfig: conf,
+		PathPrefix:     "/" + strings.Repeat("p", 199),
+	})
+	srv.serve(t, fullServer(t, 73, booter))
+
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := cli.command(ctx, busybox, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1",
+		"-s", writeScript(t, dir), "-O", "pxeconffile", "-O", "pxepathprefix")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc: %v\n%s", err, out)
+	}
+	env := readEnv(t, filepath.Join(dir, "bound.env"))
+	got := pick(env, "ip", "subnet", "serverid", "lease", "boot_file", "pxeconffile", "pxepathprefix", "hostname")
+	want := map[string]string{
+		"ip":            "10.73.0.42",
+		"subnet":        "255.255.255.0",
+		"serverid":      "10.73.0.1",
+		"lease":         "3600",
+		"boot_file":     "lpxelinux.0",
+		"pxeconffile":   conf,
+		"pxepathprefix": "", // dropped: the least needed of what it asked for
+		"hostname":      "", // dropped before it
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("udhcpc saw (-want +got):\n%s", diff)
+	}
+}
+
 // TestDhclient: ISC dhclient gets its reservation and the boot options.
 func TestDhclient(t *testing.T) {
 	l := newLAN(t, "srv", "cli")
