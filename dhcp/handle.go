@@ -29,6 +29,9 @@ type reply struct {
 	// hw, if set, asks for layer 2 unicast to this hardware address:
 	// the client has no address yet, so dst (yiaddr:68) can't be ARPed.
 	hw net.HardwareAddr
+	// prl is the request's parameter request list (option 55), the
+	// order the client would like the options in.
+	prl []byte
 }
 
 var (
@@ -59,6 +62,7 @@ func (s *Server) handle(ctx context.Context, b []byte, peer netip.AddrPort, p po
 	r := s.decide(ctx, log, req, peer, p)
 	if r != nil {
 		fitReply(log, req, r.pkt)
+		r.prl = req.Options[dhcpv4.OptionParameterRequestList.Code()]
 	}
 	return r
 }

@@ -587,7 +587,7 @@ type Reply struct {
 // send delivers a reply: at layer 2 when the route says so and a packet
 // socket is available, else through conn.
 func (s *Server) send(conn net.PacketConn, l2 *rawConn, r *reply) {
-	b := r.pkt.ToBytes()
+	b := marshal(r.pkt, r.prl)
 	deadline := time.Now().Add(s.cfg.writeTimeout)
 	dst := r.dst
 	if r.hw != nil {

@@ -102,3 +102,54 @@ func wireSize(resp *dhcpv4.DHCPv4) int {
 	}
 	return max(n+1, 300)
 }
+
+// marshal serialises resp as resp.ToBytes does, but with its options in
+// the order RFC 2132 section 9.8 asks a server to try: the message type
+// and server identifier first (where simple clients look), then those the
+// client listed in its parameter request list prl, in its order, then the
+// rest by code, and the relay agent's option last (RFC 3046 section 2.1).
+func marshal(resp *dhcpv4.DHCPv4, prl []byte) []byte {
+	head := *resp
+	head.Options = nil
+	b := head.ToBytes()[:236+4] // fixed fields and magic cookie
+	put := func(code uint8) {
+		v, ok := resp.Options[code]
+		if !ok {
+			return
+		}
+		// As ToBytes: an empty option is still sent, and one over
+		// 255 bytes is split into pieces (RFC 3396).
+		for first := true; first || len(v) > 0; first = false {
+			n := min(len(v), 255)
+			b = append(b, code, byte(n))
+			b = append(b, v[:n]...)
+			v = v[n:]
+		}
+	}
+	const relay = 82
+	var done [256]bool // arrays, not maps: this is every reply's path
+	done[dhcpv4.OptionEnd.Code()], done[dhcpv4.OptionPad.Code()], done[relay] = true, true, true
+	for _, list := range [][]byte{{dhcpv4.OptionDHCPMessageType.Code(), dhcpv4.OptionServerIdentifier.Code()}, prl} {
+		for _, code := range list {
+			if !done[code] {
+				done[code] = true
+				put(code)
+			}
+		}
+	}
+	var rest [256]bool
+	for code := range resp.Options {
+		rest[code] = !done[code]
+	}
+	for code, ok := range rest {
+		if ok {
+			put(uint8(code))
+		}
+	}
+	put(relay)
+	b = append(b, dhcpv4.OptionEnd.Code())
+	for len(b) < 300 { // BOOTP's minimum, as ToBytes pads
+		b = append(b, dhcpv4.OptionPad.Code())
+	}
+	return b
+}
