@@ -747,7 +747,7 @@ func (s *Server) addPXE(resp, req *dhcpv4.DHCPv4, c Client, b Boot) {
 func (s *Server) handleProxy(ctx context.Context, log *slog.Logger, req *dhcpv4.DHCPv4) *reply {
 	mt := req.MessageType()
 	var rt dhcpv4.MessageType
-	switch mt := req.MessageType(); mt {
+	switch mt {
 	case dhcpv4.MessageTypeDiscover:
 		rt = dhcpv4.MessageTypeOffer
 	case dhcpv4.MessageTypeRequest:

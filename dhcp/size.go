@@ -17,6 +17,11 @@ const (
 	minDatagram  = 576
 	ipUDPHeaders = 20 + 8
 	maxReplyLen  = 1500 - ipUDPHeaders
+	// headerLen is the fixed fields and the magic cookie before the
+	// options; bootpMinLen the shortest message, padded (RFC 951), as
+	// dhcpv4.ToBytes sends.
+	headerLen   = 236 + 4
+	bootpMinLen = 300
 )
 
 // maxMessage returns the largest reply req's client takes, in bytes of
@@ -92,7 +97,7 @@ func fitReply(log *slog.Logger, req, resp *dhcpv4.DHCPv4) {
 // 255 bytes, RFC 3396), the End option, and the padding up to BOOTP's
 // 300 bytes.
 func wireSize(resp *dhcpv4.DHCPv4) int {
-	n := 236 + 4
+	n := headerLen
 	for code, v := range resp.Options {
 		if code == dhcpv4.OptionEnd.Code() || code == dhcpv4.OptionPad.Code() {
 			continue
@@ -100,7 +105,7 @@ func wireSize(resp *dhcpv4.DHCPv4) int {
 		pieces := max(1, (len(v)+254)/255)
 		n += 2*pieces + len(v)
 	}
-	return max(n+1, 300)
+	return max(n+1, bootpMinLen)
 }
 
 // marshal serialises resp as resp.ToBytes does, but with its options in
@@ -111,7 +116,7 @@ func wireSize(resp *dhcpv4.DHCPv4) int {
 func marshal(resp *dhcpv4.DHCPv4, prl []byte) []byte {
 	head := *resp
 	head.Options = nil
-	b := head.ToBytes()[:236+4] // fixed fields and magic cookie
+	b := head.ToBytes()[:headerLen]
 	put := func(code uint8) {
 		v, ok := resp.Options[code]
 		if !ok {
@@ -148,7 +153,7 @@ func marshal(resp *dhcpv4.DHCPv4, prl []byte) []byte {
 	}
 	put(relay)
 	b = append(b, dhcpv4.OptionEnd.Code())
-	for len(b) < 300 { // BOOTP's minimum, as ToBytes pads
+	for len(b) < bootpMinLen {
 		b = append(b, dhcpv4.OptionPad.Code())
 	}
 	return b

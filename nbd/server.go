@@ -80,9 +80,9 @@ const (
 // already read, syncs each writable export, releases it and closes the
 // connection, like http.Server.Shutdown. A client still haggling over
 // options has a second to send its next one, which gets
-// NBD_REP_ERR_SHUTDOWN (NBD_OPT_ABORT gets its ACK). If that takes longer than
-// DrainTimeout the remaining connections are closed and Serve returns an
-// error wrapping context.DeadlineExceeded.
+// NBD_REP_ERR_SHUTDOWN (NBD_OPT_ABORT gets its ACK). If all that takes
+// longer than DrainTimeout the remaining connections are closed and Serve
+// returns an error wrapping context.DeadlineExceeded.
 type Server struct {
 	// Resolver chooses exports. Required.
 	Resolver Resolver
@@ -333,7 +333,9 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	// Shutdown interrupts whatever read is blocked; writes go on so that
 	// in-flight requests still get their replies. A client haggling over
 	// options gets a moment to send its next one, which is answered
-	// with NBD_REP_ERR_SHUTDOWN, as the protocol asks.
+	// with NBD_REP_ERR_SHUTDOWN, as the protocol asks. (A handshake that
+	// ends just then may find that deadline on its first request read,
+	// and drain up to shutdownGrace later.)
 	stop := context.AfterFunc(ctx, func() {
 		if c.haggling.Load() {
 			d := time.Now().Add(shutdownGrace)
