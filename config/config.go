@@ -36,6 +36,10 @@ const (
 	DefaultDHCPMode = "off"
 	// DefaultLeaseTime is the default for [DHCP.LeaseTime].
 	DefaultLeaseTime = time.Hour
+	// DefaultConflictCheck is the default for [DHCP.ConflictCheck], and
+	// MaxConflictCheck its bound (dhcp.MaxConflictWait).
+	DefaultConflictCheck = 250 * time.Millisecond
+	MaxConflictCheck     = time.Second
 	// DefaultTFTPListen is the default for [TFTP.Listen].
 	DefaultTFTPListen = ":69"
 	// DefaultHTTPListen is the default for [HTTP.Listen].
@@ -134,6 +138,11 @@ type DHCP struct {
 	// Probe makes full mode refuse to start when another DHCP server
 	// answers on an interface. Default true.
 	Probe *bool `yaml:"probe"`
+	// ConflictCheck is how long full mode waits for a host to answer the
+	// ARP probe it sends for a pool address before offering it (an
+	// address some host answers for is withheld); 0 turns the check off.
+	// Reserved addresses are not checked. Default 250ms, at most 1s.
+	ConflictCheck time.Duration `yaml:"conflict_check"`
 }
 
 // TFTP configures the TFTP server.
@@ -215,7 +224,7 @@ func defaults() *Config {
 			MaxConnections:        DefaultMaxConnections,
 			MaxConnectionsPerPeer: DefaultMaxConnectionsPerPeer,
 		},
-		DHCP: DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime},
+		DHCP: DHCP{Mode: DefaultDHCPMode, LeaseTime: DefaultLeaseTime, ConflictCheck: DefaultConflictCheck},
 		TFTP: TFTP{Listen: DefaultTFTPListen},
 		HTTP: HTTP{Listen: DefaultHTTPListen},
 		Boot: Boot{UnknownBoards: DefaultUnknownBoards},
@@ -364,6 +373,9 @@ func (c *Config) validateBoot(l *errorList, dir string, images map[string]string
 	}
 	if d.LeaseTime < time.Minute {
 		l.addf("dhcp.lease_time", "must be at least 1m, got %v", d.LeaseTime)
+	}
+	if d.ConflictCheck < 0 || d.ConflictCheck > MaxConflictCheck {
+		l.addf("dhcp.conflict_check", "must be between 0 (off) and %v, got %v", MaxConflictCheck, d.ConflictCheck)
 	}
 	if c.TFTP.Listen != "off" {
 		if err := checkListen(c.TFTP.Listen); err != nil {

@@ -173,6 +173,10 @@ boards:
 			in:   "state_dir: /s\ndhcp: {mode: full, interfaces: [eth1, eth2], range_start: 10.0.0.100, range_end: 10.0.0.150}\n",
 			want: []string{"t.yaml:2: dhcp.interfaces: full mode serves one interface, not 2 (run one rackboot per boot network, or proxy mode)"},
 		},
+		"conflict check too long": {
+			in:   "state_dir: /s\ndhcp: {mode: full, interfaces: [eth1], range_start: 10.0.0.100, range_end: 10.0.0.150, conflict_check: 3s}\n",
+			want: []string{"t.yaml:2: dhcp.conflict_check: must be between 0 (off) and 1s, got 3s"},
+		},
 		"dhcp needs interfaces": {
 			in:   "state_dir: /s\ndhcp: {mode: proxy}\n",
 			want: []string{"t.yaml:2: dhcp.interfaces: required in proxy mode"},

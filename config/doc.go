@@ -47,6 +47,9 @@
 //	  router: 10.0.0.1
 //	  dns: [10.0.0.1]
 //	  lease_time: 1h
+//	  # Wait this long for a host answering ARP for a pool address before
+//	  # offering it (0: offer unchecked).
+//	  conflict_check: 250ms
 //
 //	tftp:
 //	  listen: ":69"

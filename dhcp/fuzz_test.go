@@ -188,3 +188,19 @@ func checkReply(t *testing.T, s *Server, req *dhcpv4.DHCPv4, r *reply, p port, p
 		}
 	}
 }
+
+// FuzzParseARP: any frame parses or is refused without a panic, and a
+// probe we build parses back.
+func FuzzParseARP(f *testing.F) {
+	f.Add(appendARPProbe(nil, net.HardwareAddr{2, 0, 0, 0, 0, 1}, netip.MustParseAddr("10.0.0.100")))
+	f.Add([]byte{0, 1, 8, 0, 6, 4, 0, 2})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, ok := parseARP(b)
+		if !ok {
+			return
+		}
+		if len(p.senderHW) != 6 || !p.senderIP.Is4() || !p.targetIP.Is4() {
+			t.Fatalf("parsed %+v from % x", p, b)
+		}
+	})
+}

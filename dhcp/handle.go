@@ -335,7 +335,7 @@ func (s *Server) discover(ctx context.Context, log *slog.Logger, req *dhcpv4.DHC
 	if !ok {
 		return nil
 	}
-	ip, ok := s.offerAddress(log, c.MAC, b, optAddr(req, dhcpv4.OptionRequestedIPAddress.Code()))
+	ip, ok := s.offerAddress(ctx, log, c.MAC, b, optAddr(req, dhcpv4.OptionRequestedIPAddress.Code()))
 	if !ok {
 		return nil
 	}
@@ -538,19 +538,61 @@ func (s *Server) reservation(log *slog.Logger, b Boot) (netip.Addr, bool) {
 	return ip, true
 }
 
-// offerAddress chooses the address to offer mac: its reservation, else
-// the address it had, else the one it asks for, else a free one (never
-// used addresses first, then the longest expired).
-func (s *Server) offerAddress(log *slog.Logger, mac net.HardwareAddr, b Boot, want netip.Addr) (netip.Addr, bool) {
+// maxConflicts bounds the pool addresses one DISCOVER checks and finds
+// in use before the server gives up on it (the client asks again).
+const maxConflicts = 4
+
+// offerAddress chooses the address to offer mac: its reservation, else a
+// pool address (poolAddress) that no other host answers for, when the
+// conflict check is on. An address another host answers for is withheld
+// for DeclineTimeout, as if a client had declined it.
+func (s *Server) offerAddress(ctx context.Context, log *slog.Logger, mac net.HardwareAddr, b Boot, want netip.Addr) (netip.Addr, bool) {
 	if ip, ok := s.reservation(log, b); ok {
 		return ip, ip.IsValid()
 	}
+	for range maxConflicts {
+		ip, held, ok := s.poolAddress(log, mac, want)
+		if !ok || held || s.conflict == nil {
+			return ip, ok
+		}
+		other, err := s.conflict(ctx, ip)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return netip.Addr{}, false
+			}
+			log.Warn("conflict check failed; offering the address unchecked", "ip", ip.String(), "err", err)
+			return ip, true
+		case other == nil, bytes.Equal(other, mac): // nobody, or the client itself
+			return ip, true
+		}
+		log.Warn("pool address in use by another host; withheld", "ip", ip.String(), "host", other.String(), "for", s.cfg.declineTime)
+		s.withhold(mac, ip)
+		want = netip.Addr{}
+	}
+	log.Error("every pool address checked for this client was in use by another host; is the pool shared with static addresses?", "checked", maxConflicts)
+	return netip.Addr{}, false
+}
+
+// withhold takes ip, offered to mac, out of the pool for DeclineTimeout.
+func (s *Server) withhold(mac net.HardwareAddr, ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.table.byIP[ip]; b != nil && b.mac == string(mac) && b.state == stateOffered {
+		s.table.put(&binding{ip: ip, expiry: s.now().Add(s.cfg.declineTime), state: stateDeclined})
+	}
+}
+
+// poolAddress picks the pool address to offer mac: the address it had,
+// else the one it asks for, else a free one (never used addresses first,
+// then the longest expired), and records the offer. held reports that
+// mac's lease on it is still running, so that checking it is pointless.
+func (s *Server) poolAddress(log *slog.Logger, mac net.HardwareAddr, want netip.Addr) (ip netip.Addr, held, ok bool) {
 	key := string(mac)
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.table.init()
-	var ip netip.Addr
 	old := s.table.byMAC[key]
 	switch {
 	case old != nil && s.inPool(old.ip) && s.table.freeFor(old.ip, key, now):
@@ -562,17 +604,17 @@ func (s *Server) offerAddress(log *slog.Logger, mac net.HardwareAddr, b Boot, wa
 	}
 	if !ip.IsValid() {
 		log.Warn("address pool exhausted")
-		return ip, false
+		return ip, false, false
 	}
 	if old != nil && old.ip == ip && old.state == stateBound && old.activeAt(now) {
-		return ip, true // its lease is still running: offer it as is
+		return ip, true, true // its lease is still running: offer it as is
 	}
 	hostname := ""
 	if old != nil {
 		hostname = old.hostname
 	}
 	s.table.put(&binding{mac: key, ip: ip, expiry: now.Add(s.cfg.offerTimeout), hostname: hostname, state: stateOffered})
-	return ip, true
+	return ip, false, true
 }
 
 // pick returns a free pool address: the lowest one nobody holds, found

@@ -1237,3 +1237,86 @@ func TestLeaseJournalGroupCommit(t *testing.T) {
 		t.Error("lease written after a failure is not in the store")
 	}
 }
+
+// TestConflictCheck: a pool address another host answers for is not
+// offered but withheld, the next one is; the client's own answer, a
+// running lease and a reservation don't count; a failed check offers
+// unchecked.
+func TestConflictCheck(t *testing.T) {
+	ts := newTestServer(t, ModeFull)
+	squatter := net.HardwareAddr{0x02, 0xee, 0, 0, 0, 1}
+	var mu sync.Mutex
+	var checked []string
+	inUse := map[netip.Addr]net.HardwareAddr{testRange[0]: squatter}
+	var fail error
+	ts.conflict = func(_ context.Context, ip netip.Addr) (net.HardwareAddr, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		checked = append(checked, ip.String())
+		return inUse[ip], fail
+	}
+	took := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		c := checked
+		checked = nil
+		return c
+	}
+
+	offer := mustType(t, ts.do(t, discover(macN(1), nil)), dhcpv4.MessageTypeOffer)
+	if got := ipv4Of(offer.YourIPAddr); got != testRange[0].Next() {
+		t.Errorf("offered %v; want %v, the first address nobody answers for", got, testRange[0].Next())
+	}
+	if got, want := took(), []string{"10.0.0.100", "10.0.0.101"}; !slices.Equal(got, want) {
+		t.Errorf("checked %v; want %v", got, want)
+	}
+	// The squatted address stays out of the pool, even when asked for.
+	offer = mustType(t, ts.do(t, discover(macN(2), map[uint8][]byte{50: testRange[0].AsSlice()})), dhcpv4.MessageTypeOffer)
+	if got := ipv4Of(offer.YourIPAddr); got == testRange[0] {
+		t.Errorf("offered the withheld address %v", got)
+	}
+	took()
+
+	// A client whose lease runs is offered its address unchecked.
+	ack := ts.dora(t, macN(3))
+	took()
+	mustType(t, ts.do(t, discover(macN(3), nil)), dhcpv4.MessageTypeOffer)
+	if got := took(); len(got) != 0 {
+		t.Errorf("checked %v for a client with a running lease", got)
+	}
+	// The client answering for its own address is no conflict.
+	ip3 := ipv4Of(ack.YourIPAddr)
+	ts.clock.Add(2 * time.Hour) // the lease runs out
+	inUse[ip3] = macN(3)
+	if got := ipv4Of(mustType(t, ts.do(t, discover(macN(3), nil)), dhcpv4.MessageTypeOffer).YourIPAddr); got != ip3 {
+		t.Errorf("offered %v to the client answering for its old address %v; want that address", got, ip3)
+	}
+	took()
+
+	// A reservation is never checked.
+	ts.booter.set(macN(4), Boot{IP: netip.MustParseAddr("10.0.0.20")})
+	mustType(t, ts.do(t, discover(macN(4), nil)), dhcpv4.MessageTypeOffer)
+	if got := took(); len(got) != 0 {
+		t.Errorf("checked %v for a reservation", got)
+	}
+
+	// A check that fails offers unchecked.
+	fail = errors.New("no packet socket")
+	if r := ts.do(t, discover(macN(5), nil)); r == nil {
+		t.Error("no offer when the check failed")
+	}
+	fail = nil
+
+	// A pool full of squatters: no offer, after maxConflicts checks.
+	for v := u32(testRange[0]); v <= u32(testRange[1]); v++ {
+		inUse[addrFromU32(v)] = squatter
+	}
+	ts.clock.Add(time.Hour) // every withheld address and offer has expired
+	took()
+	if r := ts.do(t, discover(macN(6), nil)); r != nil {
+		t.Errorf("offered %v from a pool of squatted addresses", r.pkt.YourIPAddr)
+	}
+	if got := took(); len(got) != maxConflicts {
+		t.Errorf("checked %d addresses; want %d", len(got), maxConflicts)
+	}
+}

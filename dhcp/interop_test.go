@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -193,6 +195,54 @@ func TestUdhcpcSmallBuffer(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("udhcpc saw (-want +got):\n%s", diff)
 	}
+}
+
+// TestConflictCheckARP: a host on the segment uses the first pool address
+// without a lease (a static address inside the pool). With the conflict
+// check on, the server's ARP probe finds it, withholds the address, and
+// busybox udhcpc gets the next one.
+func TestConflictCheckARP(t *testing.T) {
+	l := newLAN(t, "srv", "cli", "squat")
+	busybox := testenv.LookPath(t, "busybox")
+	srv, cli, squat := l.host("srv"), l.host("cli"), l.host("squat")
+	srv.addAddr(t, "10.74.0.1/24")
+	squat.addAddr(t, "10.74.0.100/24")
+	s := fullServer(t, 74, &bootTable{})
+	s.ConflictWait = 300 * time.Millisecond
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	s.Logger = slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: io.MultiWriter(&logs, t.Output())}, nil))
+	srv.serve(t, s)
+
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := cli.command(ctx, busybox, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s", writeScript(t, dir))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc: %v\n%s", err, out)
+	}
+	if ip := readEnv(t, filepath.Join(dir, "bound.env"))["ip"]; ip != "10.74.0.101" {
+		t.Errorf("udhcpc bound %s; want 10.74.0.101, the first pool address nobody answers for", ip)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	for _, want := range []string{`msg="pool address in use by another host; withheld"`, "ip=10.74.0.100 host=" + squat.mac.String()} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("server log lacks %q", want)
+		}
+	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // TestDhclient: ISC dhclient gets its reservation and the boot options.

@@ -65,7 +65,7 @@ func (s *Server) probe(ctx context.Context, ifi *net.Interface) error {
 	if len(ifi.HardwareAddr) != 6 {
 		return fmt.Errorf("dhcp: probing %s: not an Ethernet interface", ifi.Name)
 	}
-	rc, err := openRaw(ifi.Index, true)
+	rc, err := openRaw(ifi.Index, etherTypeIPv4, true)
 	if err != nil {
 		return fmt.Errorf("dhcp: probing %s for other DHCP servers: %w", ifi.Name, err)
 	}

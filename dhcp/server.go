@@ -52,6 +52,9 @@ const (
 	// DefaultHandleTimeout bounds the handling of one packet, including
 	// the Booter and LeaseStore calls it makes.
 	DefaultHandleTimeout = 5 * time.Second
+	// MaxConflictWait bounds Server.ConflictWait, so that the checks of
+	// one DISCOVER fit its handling time.
+	MaxConflictWait = time.Second
 	// DefaultWriteTimeout bounds the sending of one reply.
 	DefaultWriteTimeout = time.Second
 	// MaxPoolSize is the largest dynamic range a full-mode server accepts
@@ -155,6 +158,16 @@ type Server struct {
 	// DeclineTimeout is how long a declined address is withheld; 0 means
 	// DefaultDeclineTimeout.
 	DeclineTimeout time.Duration
+	// ConflictWait, if positive, turns on the conflict check in full
+	// mode: before it offers a pool address the server broadcasts an ARP
+	// probe for it on Interface (RFC 5227) and waits this long for a host
+	// to answer. An address another host answers for is withheld for
+	// DeclineTimeout, with a warning, and the next one is tried; the
+	// offer waits for the check. Reservations are not checked: the
+	// Booter says whose they are. It needs a packet socket (Linux,
+	// CAP_NET_RAW) on an Ethernet Interface; without one the server logs
+	// why and offers unchecked.
+	ConflictWait time.Duration
 
 	// Booter decides what each client gets. Required.
 	Booter Booter
@@ -189,6 +202,10 @@ type Server struct {
 	// noIPXEOption leaves option 175 out of replies to iPXE: a test seam
 	// for measuring what it saves.
 	noIPXEOption bool
+	// conflict, if set, is the conflict check: the hardware address of
+	// a host that answers for ip, or nil. Set up from ConflictWait; a
+	// test seam.
+	conflict func(ctx context.Context, ip netip.Addr) (net.HardwareAddr, error)
 
 	startMu sync.Mutex
 	started bool
@@ -267,6 +284,9 @@ func (s *Server) check() (config, error) {
 	}
 	if c.leaseTime > 0xfffffffe*time.Second {
 		return c, fmt.Errorf("dhcp: lease time %v too long", c.leaseTime)
+	}
+	if s.ConflictWait > MaxConflictWait {
+		return c, fmt.Errorf("dhcp: conflict wait %v too long (at most %v: a host on the segment answers ARP within milliseconds)", s.ConflictWait, MaxConflictWait)
 	}
 	if s.Mode == ModeProxy {
 		return c, nil
@@ -393,6 +413,9 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 	var l2 *rawConn
 	if s.Mode == ModeFull {
 		l2 = s.openL2(ifi)
+		if a := s.openConflictCheck(ifi); a != nil {
+			defer a.Close()
+		}
 	}
 	var pxe *net.UDPConn
 	if s.Mode == ModeProxy {
@@ -433,12 +456,30 @@ func (s *Server) openL2(ifi *net.Interface) *rawConn {
 	if ifi.Flags&net.FlagBroadcast == 0 || len(ifi.HardwareAddr) != 6 {
 		return nil
 	}
-	l2, err := openRaw(ifi.Index, false)
+	l2, err := openRaw(ifi.Index, etherTypeIPv4, false)
 	if err != nil {
 		s.logger().Warn("no layer 2 unicast, will broadcast replies", "interface", ifi.Name, "err", err)
 		return nil
 	}
 	return l2
+}
+
+// openConflictCheck turns on the conflict check on ifi if ConflictWait
+// asks for it and probes can be sent there. The caller closes what it
+// returns (nil: no check).
+func (s *Server) openConflictCheck(ifi *net.Interface) *arpChecker {
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	if s.ConflictWait <= 0 || s.conflict != nil {
+		return nil
+	}
+	a, err := newARPChecker(ifi, s.ConflictWait)
+	if err != nil {
+		s.logger().Warn("no conflict check: can't send ARP probes; offering pool addresses unchecked", "interface", ifi.Name, "err", err)
+		return nil
+	}
+	s.conflict = a.check
+	return a
 }
 
 // Serve answers DHCP packets arriving on conn, which should be a UDP
@@ -456,6 +497,9 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	if s.Mode == ModeFull && s.Interface != "" {
 		if ifi, err := net.InterfaceByName(s.Interface); err == nil {
 			l2 = s.openL2(ifi)
+			if a := s.openConflictCheck(ifi); a != nil {
+				defer a.Close()
+			}
 		} else {
 			s.logger().Warn("no layer 2 unicast, will broadcast replies", "interface", s.Interface, "err", err)
 		}

@@ -20,20 +20,21 @@ import (
 // and the destination MAC. Reads and writes honour deadlines through the
 // runtime poller. Safe for concurrent use.
 type rawConn struct {
-	f       *os.File
-	rc      syscall.RawConn
-	ifindex int
+	f         *os.File
+	rc        syscall.RawConn
+	ifindex   int
+	etherType uint16 // of the frames it sends, and receives if it does
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// openRaw opens a packet socket on the interface with index ifindex.
-// receive selects whether it receives IPv4 frames; a send-only socket
-// binds protocol 0, so the kernel queues nothing for it.
-func openRaw(ifindex int, receive bool) (*rawConn, error) {
+// openRaw opens a packet socket on the interface with index ifindex for
+// frames of etherType. receive selects whether it receives them too; a
+// send-only socket binds protocol 0, so the kernel queues nothing for it.
+func openRaw(ifindex int, etherType uint16, receive bool) (*rawConn, error) {
 	var proto uint16
 	if receive {
-		proto = htons(etherTypeIPv4)
+		proto = htons(etherType)
 	}
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(proto))
 	if err != nil {
@@ -49,7 +50,7 @@ func openRaw(ifindex int, receive bool) (*rawConn, error) {
 		f.Close()
 		return nil, err
 	}
-	return &rawConn{f: f, rc: rc, ifindex: ifindex}, nil
+	return &rawConn{f: f, rc: rc, ifindex: ifindex, etherType: etherType}, nil
 }
 
 func (c *rawConn) Close() error { return c.f.Close() }
@@ -57,7 +58,8 @@ func (c *rawConn) Close() error { return c.f.Close() }
 // wake interrupts a blocked readFrom.
 func (c *rawConn) wake() { c.f.SetReadDeadline(time.Now()) }
 
-// writeTo sends an IPv4 packet to the hardware address dst.
+// writeTo sends a packet of the socket's EtherType to the hardware
+// address dst.
 func (c *rawConn) writeTo(pkt []byte, dst net.HardwareAddr, deadline time.Time) error {
 	if len(dst) > 8 {
 		return fmt.Errorf("hardware address %s too long for a packet socket", dst)
@@ -65,7 +67,7 @@ func (c *rawConn) writeTo(pkt []byte, dst net.HardwareAddr, deadline time.Time) 
 	if err := c.f.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
-	sa := &unix.SockaddrLinklayer{Protocol: htons(etherTypeIPv4), Ifindex: c.ifindex, Halen: uint8(len(dst))}
+	sa := &unix.SockaddrLinklayer{Protocol: htons(c.etherType), Ifindex: c.ifindex, Halen: uint8(len(dst))}
 	copy(sa.Addr[:], dst)
 	var serr error
 	err := c.rc.Write(func(fd uintptr) bool {
@@ -78,8 +80,8 @@ func (c *rawConn) writeTo(pkt []byte, dst net.HardwareAddr, deadline time.Time) 
 	return serr
 }
 
-// readFrom reads one IPv4 packet received on the interface (not one we
-// sent) and returns its length and the sender's hardware address.
+// readFrom reads one packet received on the interface (not one we sent)
+// and returns its length and the sender's hardware address.
 func (c *rawConn) readFrom(b []byte, deadline time.Time) (int, net.HardwareAddr, error) {
 	if err := c.f.SetReadDeadline(deadline); err != nil {
 		return 0, nil, err

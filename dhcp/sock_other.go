@@ -17,7 +17,7 @@ type rawConn struct{}
 
 var errNoRaw = errors.New("packet sockets are only supported on Linux")
 
-func openRaw(int, bool) (*rawConn, error)                                  { return nil, errNoRaw }
+func openRaw(int, uint16, bool) (*rawConn, error)                          { return nil, errNoRaw }
 func (*rawConn) Close() error                                              { return nil }
 func (*rawConn) wake()                                                     {}
 func (*rawConn) writeTo([]byte, net.HardwareAddr, time.Time) error         { return errNoRaw }

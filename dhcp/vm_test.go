@@ -251,7 +251,7 @@ func startCapture(t *testing.T, h *host) *capture {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rc, err = openRaw(ifi.Index, true); err != nil {
+		if rc, err = openRaw(ifi.Index, etherTypeIPv4, true); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -233,15 +233,16 @@ func (a *appliance) dhcpServer(iface string) (*dhcp.Server, error) {
 		return nil, fmt.Errorf("dhcp interface: %w", err)
 	}
 	d := &dhcp.Server{
-		Interface: iface,
-		ServerIP:  ip,
-		Subnet:    subnet,
-		Router:    cfg.Router,
-		DNS:       cfg.DNS,
-		LeaseTime: cfg.LeaseTime,
-		Leases:    leaseStore{a.store},
-		SkipProbe: cfg.Probe != nil && !*cfg.Probe,
-		Logger:    a.log.With("srv", "dhcp", "interface", iface),
+		Interface:    iface,
+		ServerIP:     ip,
+		Subnet:       subnet,
+		Router:       cfg.Router,
+		DNS:          cfg.DNS,
+		LeaseTime:    cfg.LeaseTime,
+		Leases:       leaseStore{a.store},
+		SkipProbe:    cfg.Probe != nil && !*cfg.Probe,
+		ConflictWait: cfg.ConflictCheck,
+		Logger:       a.log.With("srv", "dhcp", "interface", iface),
 	}
 	if cfg.Mode == "full" {
 		d.Mode = dhcp.ModeFull

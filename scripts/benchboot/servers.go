@@ -81,7 +81,7 @@ func specs() map[string]*serverSpec {
 			protos:  []string{"dhcp", "tftp", "http"},
 			command: rackbootCommand,
 			notes: map[string]string{
-				"dhcp": "rackboot: serve with dhcp.mode full on " + serverIf + ", probe false, range " + poolStart.String() + "-" + poolEnd.String() +
+				"dhcp": "rackboot: serve with dhcp.mode full on " + serverIf + ", probe false, conflict_check 0s (no ARP check of pool addresses, as dnsmasq's --no-ping and Kea), range " + poolStart.String() + "-" + poolEnd.String() +
 					", lease_time 1h, no boards and boot.unknown_boards identify (every client is an unknown machine and gets a boot file), " +
 					"fresh state_dir per measurement: leases and seen machines in SQLite (WAL, synchronous FULL: an fsync per commit), " +
 					"log level info (a line per DISCOVER, REQUEST and lease) to a file",
@@ -180,6 +180,7 @@ func rackbootCommand(s startInfo) ([]string, []string, error) {
   range_end: %s
   lease_time: %ds
   probe: false
+  conflict_check: 0s
 `, serverIf, poolStart, poolEnd, leaseSeconds)
 	}
 	conf := fmt.Sprintf(`state_dir: %s
