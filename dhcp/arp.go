@@ -43,30 +43,26 @@ func appendARPProbe(b []byte, hw net.HardwareAddr, target netip.Addr) []byte {
 	return append(b, t[:]...)
 }
 
-// arpPacket is the part of an ARP packet the check reads.
+// arpPacket is the part of an ARP packet the check reads: who sent it.
 type arpPacket struct {
-	op        uint16
-	senderHW  net.HardwareAddr
-	senderIP  netip.Addr
-	targetIP  netip.Addr
-	senderSet bool // senderIP is not 0.0.0.0
+	senderHW net.HardwareAddr
+	senderIP netip.Addr // 0.0.0.0 in a probe
 }
 
-// parseARP parses an Ethernet/IPv4 ARP packet (as a packet socket of
-// SOCK_DGRAM type hands it over, without the Ethernet header).
+// parseARP parses an Ethernet/IPv4 ARP request or reply (as a packet
+// socket of SOCK_DGRAM type hands it over, without the Ethernet header).
 func parseARP(b []byte) (arpPacket, bool) {
 	if len(b) < arpLen || binary.BigEndian.Uint16(b[0:]) != 1 ||
 		binary.BigEndian.Uint16(b[2:]) != etherTypeIPv4 || b[4] != 6 || b[5] != 4 {
 		return arpPacket{}, false
 	}
-	p := arpPacket{
-		op:       binary.BigEndian.Uint16(b[6:]),
+	if op := binary.BigEndian.Uint16(b[6:]); op != arpRequest && op != arpReply {
+		return arpPacket{}, false
+	}
+	return arpPacket{
 		senderHW: net.HardwareAddr(bytes.Clone(b[8:14])),
 		senderIP: netip.AddrFrom4([4]byte(b[14:18])),
-		targetIP: netip.AddrFrom4([4]byte(b[24:28])),
-	}
-	p.senderSet = !p.senderIP.IsUnspecified()
-	return p, p.op == arpRequest || p.op == arpReply
+	}, true
 }
 
 // arpChecker runs conflict checks over one packet socket, opened up
@@ -114,7 +110,7 @@ func (a *arpChecker) read() {
 			return // closed
 		}
 		p, ok := parseARP(buf[:n])
-		if !ok || !p.senderSet {
+		if !ok || p.senderIP.IsUnspecified() {
 			continue
 		}
 		a.mu.Lock()

@@ -112,20 +112,30 @@ func startServer(t *testing.T, srv *Server) string {
 	if srv.Logger == nil {
 		srv.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	addr, shutdown, done := serveLoopback(t, srv)
+	t.Cleanup(func() {
+		shutdown()
+		if err := <-done; err != nil {
+			t.Errorf("Serve returned %v after shutdown; want nil", err)
+		}
+	})
+	return addr
+}
+
+// serveLoopback runs srv.Serve on a loopback port: shutdown starts its
+// shutdown (as the end of the test does), and done yields what Serve
+// returned.
+func serveLoopback(t *testing.T, srv *Server) (addr string, shutdown context.CancelFunc, done <-chan error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve returned %v after shutdown; want nil", err)
-		}
-	})
-	return ln.Addr().String()
+	t.Cleanup(cancel)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx, ln) }()
+	return ln.Addr().String(), cancel, errc
 }
 
 func testExports() (mapResolver, *memDevice, *memDevice) {
@@ -756,14 +766,8 @@ func TestShutdownDrains(t *testing.T) {
 	t.Parallel()
 	dev := &blockDevice{newMemDevice(1 << 20), make(chan struct{}, 4), make(chan struct{})}
 	srv := &Server{Resolver: mapResolver{"slow": {Name: "slow", Device: dev}}, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	c, err := Dial(t.Context(), ln.Addr().String(), "slow")
+	addr, cancel, done := serveLoopback(t, srv)
+	c, err := Dial(t.Context(), addr, "slow")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -802,14 +806,7 @@ func TestShutdownWhileHaggling(t *testing.T) {
 	t.Parallel()
 	res, _, _ := testExports()
 	srv := &Server{Resolver: res, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	addr := ln.Addr().String()
+	addr, cancel, done := serveLoopback(t, srv)
 
 	opts := []struct {
 		name string

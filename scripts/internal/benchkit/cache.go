@@ -70,28 +70,6 @@ func (h *CacheHold) Release() error {
 	return nil
 }
 
-// ResidentFile returns the share of the file's pages in the page cache.
-func ResidentFile(path string) (float64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	if st.Size() == 0 {
-		return 1, nil
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return 0, fmt.Errorf("mapping %s: %w", path, err)
-	}
-	defer unix.Munmap(mem)
-	return resident(mem)
-}
-
 // resident asks mincore(2) which pages of a file mapping are cached.
 func resident(mem []byte) (float64, error) {
 	page := os.Getpagesize()
