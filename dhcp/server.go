@@ -412,10 +412,9 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 	}
 	var l2 *rawConn
 	if s.Mode == ModeFull {
-		l2 = s.openL2(ifi)
-		if a := s.openConflictCheck(ifi); a != nil {
-			defer a.Close()
-		}
+		var closeLink func()
+		l2, closeLink = s.openLink(ifi)
+		defer closeLink()
 	}
 	var pxe *net.UDPConn
 	if s.Mode == ModeProxy {
@@ -464,6 +463,17 @@ func (s *Server) openL2(ifi *net.Interface) *rawConn {
 	return l2
 }
 
+// openLink opens full mode's packet sockets on ifi: the send-only one
+// for layer 2 unicast (nil: replies are broadcast instead), and the
+// conflict check's, which closeCheck closes once serving ends.
+func (s *Server) openLink(ifi *net.Interface) (l2 *rawConn, closeCheck func()) {
+	l2 = s.openL2(ifi)
+	if a := s.openConflictCheck(ifi); a != nil {
+		return l2, func() { a.Close() }
+	}
+	return l2, func() {}
+}
+
 // openConflictCheck turns on the conflict check on ifi if ConflictWait
 // asks for it and probes can be sent there. The caller closes what it
 // returns (nil: no check).
@@ -496,10 +506,9 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	var l2 *rawConn
 	if s.Mode == ModeFull && s.Interface != "" {
 		if ifi, err := net.InterfaceByName(s.Interface); err == nil {
-			l2 = s.openL2(ifi)
-			if a := s.openConflictCheck(ifi); a != nil {
-				defer a.Close()
-			}
+			var closeLink func()
+			l2, closeLink = s.openLink(ifi)
+			defer closeLink()
 		} else {
 			s.logger().Warn("no layer 2 unicast, will broadcast replies", "interface", s.Interface, "err", err)
 		}
