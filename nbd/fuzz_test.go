@@ -77,7 +77,7 @@ func FuzzServer(f *testing.F) {
 		client, server := net.Pipe()
 		done := make(chan struct{})
 		go func() {
-			srv.serveConn(context.Background(), server)
+			srv.newConn(server).serve(context.Background())
 			close(done)
 		}()
 		go io.Copy(io.Discard, client) // take whatever the server says

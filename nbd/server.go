@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
-	"golang.org/x/sys/unix"
 
 	"github.com/rackboot/rackboot/internal/rawio"
 )
@@ -112,7 +111,7 @@ type Server struct {
 	DrainTimeout time.Duration
 
 	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
+	conns   map[*conn]struct{}
 	perPeer map[netip.Addr]int
 	wg      sync.WaitGroup
 }
@@ -183,17 +182,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			nc.Close()
 			continue
 		}
-		if !s.track(nc, true) {
+		c := s.newConn(nc)
+		if !s.track(c, true) {
 			<-slots
-			log.Warn("too many connections from one address, closing new one", "peer", nc.RemoteAddr().String(),
+			log.Warn("too many connections from one address, closing new one", "peer", c.peer.String(),
 				"max", s.MaxConnectionsPerPeer)
 			nc.Close()
 			continue
 		}
 		s.wg.Go(func() {
 			defer func() { <-slots }()
-			defer s.track(nc, false)
-			s.serveConn(ctx, nc)
+			defer s.track(c, false)
+			c.serve(ctx)
 		})
 	}
 	ln.Close()
@@ -207,18 +207,18 @@ func isTemporary(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED)
 }
 
-// track adds nc to the connections being served, or removes it. Adding
+// track adds c to the connections being served, or removes it. Adding
 // fails when its peer already has MaxConnectionsPerPeer.
-func (s *Server) track(nc net.Conn, add bool) bool {
+func (s *Server) track(c *conn, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns == nil {
-		s.conns = make(map[net.Conn]struct{})
+		s.conns = make(map[*conn]struct{})
 		s.perPeer = make(map[netip.Addr]int)
 	}
-	ip := peerAddr(nc.RemoteAddr()).Addr()
+	ip := c.peer.Addr()
 	if !add {
-		delete(s.conns, nc)
+		delete(s.conns, c)
 		if s.perPeer[ip]--; s.perPeer[ip] <= 0 {
 			delete(s.perPeer, ip)
 		}
@@ -227,7 +227,7 @@ func (s *Server) track(nc net.Conn, add bool) bool {
 	if s.MaxConnectionsPerPeer > 0 && s.perPeer[ip] >= s.MaxConnectionsPerPeer {
 		return false
 	}
-	s.conns[nc] = struct{}{}
+	s.conns[c] = struct{}{}
 	s.perPeer[ip]++
 	return true
 }
@@ -249,8 +249,8 @@ func (s *Server) drain() error {
 	}
 	s.mu.Lock()
 	n := len(s.conns)
-	for nc := range s.conns {
-		nc.Close()
+	for c := range s.conns {
+		c.abort()
 	}
 	s.mu.Unlock()
 	<-done
@@ -267,12 +267,15 @@ const shutdownGrace = time.Second
 
 // conn is one client connection.
 type conn struct {
-	s   *Server
-	nc  net.Conn
-	log *slog.Logger
-	br  *bufio.Reader
+	s    *Server
+	nc   net.Conn
+	peer netip.AddrPort
+	log  *slog.Logger
+	br   *bufio.Reader // reads c (see Read)
 
-	raw *rawio.Conn // nc with raw system calls, nil if it has none
+	// sock is nc detached from the network poller for transmission, nil
+	// before it or where that isn't possible (see detach).
+	sock atomic.Pointer[rawio.Sock]
 
 	// haggling is set during option haggling, whose end shutdown
 	// postpones by up to shutdownGrace (see handshake); hagglingUntil
@@ -312,24 +315,28 @@ func peerAddr(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
-	defer nc.Close()
+// newConn wraps an accepted connection.
+func (s *Server) newConn(nc net.Conn) *conn {
 	peer := peerAddr(nc.RemoteAddr())
 	c := &conn{
-		s:   s,
-		nc:  nc,
-		log: s.logger().With("peer", peer.String()),
+		s:    s,
+		nc:   nc,
+		peer: peer,
+		log:  s.logger().With("peer", peer.String()),
 	}
-	// Requests are read, and replies written, with raw system calls where
-	// the connection allows (see package rawio): at queue depth 1 that
-	// saves a scheduler round and a runtime wake-up per request.
-	var r io.Reader = nc
-	if sc, ok := nc.(syscall.Conn); ok {
-		if c.raw = rawio.NewConn(sc); c.raw != nil {
-			r = c.raw
+	c.br = bufio.NewReaderSize(c, 64<<10)
+	return c
+}
+
+// serve runs the connection until it ends, and closes it.
+func (c *conn) serve(ctx context.Context) {
+	nc, peer := c.nc, c.peer
+	defer func() {
+		nc.Close()
+		if sk := c.sock.Load(); sk != nil {
+			sk.Close()
 		}
-	}
-	c.br = bufio.NewReaderSize(r, 64<<10)
+	}()
 	// Shutdown interrupts whatever read is blocked; writes go on so that
 	// in-flight requests still get their replies. A client haggling over
 	// options gets a moment to send its next one, which is answered
@@ -345,7 +352,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 			nc.SetReadDeadline(d)
 			return
 		}
-		nc.SetReadDeadline(aLongTimeAgo)
+		c.closeRead()
 	})
 	defer stop()
 
@@ -618,9 +625,11 @@ func transmissionFlags(exp *Export) uint16 {
 // waits for every request it started and syncs a writable export.
 func (c *conn) transmit(ctx context.Context, exp *Export) {
 	c.nc.SetDeadline(time.Time{})
+	c.detach()
 	if ctx.Err() != nil {
-		// The shutdown may have fired before the deadline was cleared.
-		c.nc.SetReadDeadline(aLongTimeAgo)
+		// The shutdown may have fired before the deadline was cleared,
+		// or before the socket was detached.
+		c.closeRead()
 	}
 	maxWorkers := orDefault(c.s.MaxInFlight, DefaultMaxInFlight)
 	maxBytes := int64(max(orDefault(c.s.MaxBytesInFlight, DefaultMaxBytesInFlight), MaxPayload))
@@ -632,6 +641,9 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	// depth 32).
 	var wg sync.WaitGroup
 	var inFlight atomic.Int32
+	if sk := c.sock.Load(); sk != nil {
+		sk.YieldWhile(&inFlight)
+	}
 	work := make(chan func())
 	workers := 0
 	defer func() {
@@ -645,16 +657,6 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	}()
 	var hdr [requestHeaderLen]byte
 	for {
-		if c.raw != nil {
-			// With nothing in flight (a client at queue depth 1), the
-			// next request is usually a round trip away: wait for it in
-			// the kernel, so that it wakes this thread directly.
-			wait := time.Duration(0)
-			if inFlight.Load() == 0 {
-				wait = idleKernelWait
-			}
-			c.raw.SetKernelWait(wait)
-		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			switch {
 			case ctx.Err() != nil:
@@ -751,12 +753,6 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 	}
 }
 
-// idleKernelWait is how long a connection with no request in flight
-// waits for its next request in the kernel before it parks in the
-// network poller (rawio.Conn.SetKernelWait). It covers a client's round
-// trip on a LAN and on loopback; shutdown can lag by as much.
-const idleKernelWait = time.Millisecond
-
 // noReply is do's answer when it has already sent the reply itself.
 const noReply = ^uint32(0)
 
@@ -772,12 +768,8 @@ const sendfileMin = 64 << 10
 // to the client any more (a partial header would corrupt the stream): the
 // connection is closed, as the protocol requires.
 func (c *conn) sendFiles(fr FileReader, req request) (bool, error) {
-	tc, ok := c.nc.(*net.TCPConn)
-	if !ok {
-		return false, nil
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
+	sk := c.sock.Load()
+	if sk == nil {
 		return false, nil
 	}
 	c.wmu.Lock()
@@ -786,17 +778,16 @@ func (c *conn) sendFiles(fr FileReader, req request) (bool, error) {
 		return true, net.ErrClosed
 	}
 	started := false
-	err = fr.ReadFiles(int64(req.offset), int64(req.length), func(f *os.File, off, n int64) error {
+	err := fr.ReadFiles(int64(req.offset), int64(req.length), func(f *os.File, off, n int64) error {
 		if !started {
 			var h [replyHeaderLen]byte
 			putReply(h[:], 0, req.handle)
-			c.nc.SetWriteDeadline(time.Now().Add(orDefault(c.s.WriteTimeout, DefaultWriteTimeout)))
 			started = true // even if the write fails: part may be out
-			if _, err := c.nc.Write(h[:]); err != nil {
+			if err := sk.WriteBuffers(h[:]); err != nil {
 				return err
 			}
 		}
-		return sendfile(raw, f, off, n)
+		return sk.SendFile(f, off, n)
 	})
 	if !started {
 		// Nothing sent: the caller reads into memory (ErrUnsupported) or
@@ -805,40 +796,9 @@ func (c *conn) sendFiles(fr FileReader, req request) (bool, error) {
 	}
 	if err != nil {
 		c.broken.Store(true)
-		c.nc.Close()
+		c.abort()
 	}
 	return true, err
-}
-
-// sendfile copies n bytes at off in f to the socket behind raw, waiting
-// for the socket to drain as needed.
-func sendfile(raw syscall.RawConn, f *os.File, off, n int64) error {
-	src := int(f.Fd())
-	var serr error
-	err := raw.Write(func(fd uintptr) bool {
-		for n > 0 {
-			k, err := unix.Sendfile(int(fd), src, &off, int(min(n, 1<<30)))
-			if k > 0 {
-				n -= int64(k)
-			}
-			switch {
-			case err == unix.EAGAIN:
-				return false // wait until writable
-			case err == unix.EINTR:
-			case err != nil:
-				serr = os.NewSyscallError("sendfile", err)
-				return true
-			case k == 0:
-				serr = io.ErrUnexpectedEOF // the file is shorter than the device
-				return true
-			}
-		}
-		return true
-	})
-	if err != nil {
-		return err
-	}
-	return serr
 }
 
 // do carries out one request. It returns the reply's error value and, for a
@@ -1019,11 +979,11 @@ func (c *conn) writeReplies(batch []queuedReply) {
 			c.iov = append(c.iov, batch[i].data)
 		}
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(orDefault(c.s.WriteTimeout, DefaultWriteTimeout)))
 	var err error
-	if c.raw != nil {
-		err = c.raw.WriteBuffers(c.iov...)
+	if sk := c.sock.Load(); sk != nil {
+		err = sk.WriteBuffers(c.iov...)
 	} else {
+		c.nc.SetWriteDeadline(time.Now().Add(orDefault(c.s.WriteTimeout, DefaultWriteTimeout)))
 		bufs := net.Buffers(slices.Clone(c.iov))
 		_, err = bufs.WriteTo(c.nc)
 	}
@@ -1031,7 +991,50 @@ func (c *conn) writeReplies(batch []queuedReply) {
 	if err != nil {
 		c.broken.Store(true)
 		c.log.Warn("sending reply", "err", err)
-		c.nc.Close()
+		c.abort()
+	}
+}
+
+// detach takes the connection out of the network poller for
+// transmission (see rawio.Sock), where the system allows. The poller
+// woke its own thread for every request that arrived, besides the
+// thread of the goroutine waiting for it; at queue depth 1 that halved
+// the requests served per second. Handshakes stay in the poller, with
+// its deadlines.
+func (c *conn) detach() {
+	sk, err := rawio.Detach(c.nc)
+	if err != nil {
+		c.log.Debug("serving through the network poller", "err", err)
+		return
+	}
+	sk.SetWriteTimeout(orDefault(c.s.WriteTimeout, DefaultWriteTimeout))
+	c.sock.Store(sk)
+}
+
+// Read reads the connection, as io.Reader, for c.br; only the goroutine
+// that runs the connection calls it.
+func (c *conn) Read(p []byte) (int, error) {
+	if sk := c.sock.Load(); sk != nil {
+		return sk.Read(p)
+	}
+	return c.nc.Read(p)
+}
+
+// closeRead ends the connection's reading, for shutdown: the read under
+// way returns, and replies can still be written.
+func (c *conn) closeRead() {
+	if sk := c.sock.Load(); sk != nil {
+		sk.CloseRead()
+		return
+	}
+	c.nc.SetReadDeadline(aLongTimeAgo)
+}
+
+// abort ends the connection's reads and writes, those under way too.
+func (c *conn) abort() {
+	c.nc.Close()
+	if sk := c.sock.Load(); sk != nil {
+		sk.Shutdown()
 	}
 }
 

@@ -6,17 +6,19 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"golang.org/x/sync/semaphore"
 	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/rackboot/rackboot/internal/eventtest"
 )
@@ -881,5 +883,73 @@ func TestSimultaneousConnects(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Errorf("connection without greeting: %v", err)
+	}
+}
+
+// stalledClient connects to srv, serving an 8 MiB memDevice as export
+// "m", with a small receive buffer, and asks for all of it in 1 MiB
+// reads: far more than the socket buffers hold. It reads the first reply
+// header, so that the server is known to be answering, and nothing more.
+func stalledClient(t *testing.T, srv *Server) (net.Conn, eventtest.LogCounter, context.CancelFunc, <-chan error) {
+	t.Helper()
+	logs := eventtest.NewLogCounter(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv.Resolver = mapResolver{"m": {Name: "m", Device: newMemDevice(8 << 20)}}
+	srv.Logger = slog.New(logs)
+	addr, cancel, done := serveLoopback(t, srv)
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return serr
+	}}
+	conn, err := d.DialContext(t.Context(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := Handshake(t.Context(), conn, "m"); err != nil {
+		t.Fatal(err)
+	}
+	var b []byte
+	for i := range 8 {
+		b = appendRequest(b, request{typ: cmdRead, handle: uint64(i), offset: uint64(i) << 20, length: 1 << 20})
+	}
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, replyHeaderLen)); err != nil {
+		t.Fatal(err)
+	}
+	return conn, logs, cancel, done
+}
+
+// TestWriteTimeout: a reply that a client doesn't read within
+// WriteTimeout ends the connection.
+func TestWriteTimeout(t *testing.T) {
+	t.Parallel()
+	conn, logs, _, _ := stalledClient(t, &Server{WriteTimeout: 50 * time.Millisecond})
+	logs.Of("sending reply").Wait(t, 1, "a reply timing out")
+	conn.SetReadDeadline(time.Now().Add(eventtest.Within))
+	n, err := io.Copy(io.Discard, conn)
+	if os.IsTimeout(err) {
+		t.Fatal("the connection is still open after its write timed out")
+	}
+	if n >= 8<<20 {
+		t.Fatalf("the client read all %d bytes after the write timed out", n)
+	}
+}
+
+// TestDrainTimeout: shutdown ends, after DrainTimeout, a connection whose
+// reply is stuck on a client that doesn't read.
+func TestDrainTimeout(t *testing.T) {
+	t.Parallel()
+	_, _, cancel, done := stalledClient(t, &Server{WriteTimeout: time.Hour, DrainTimeout: 50 * time.Millisecond})
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Serve: %v, want the drain's deadline error", err)
+		}
+	case <-time.After(eventtest.Within):
+		t.Fatal("Serve still draining a stuck connection well after DrainTimeout")
 	}
 }

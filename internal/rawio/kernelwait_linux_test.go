@@ -1,7 +1,6 @@
 package rawio
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,52 +34,6 @@ func threadsInPpoll(t *testing.T) int {
 	return n
 }
 
-// TestConnReadKernelWait: with a kernel wait set, a Read that finds
-// nothing waits in ppoll, and the data that arrives then is what it
-// returns.
-func TestConnReadKernelWait(t *testing.T) {
-	if runtime.GOMAXPROCS(0) < 2 {
-		t.Skip("needs GOMAXPROCS >= 2: with 1, Reads never wait in the kernel")
-	}
-	defer func(d time.Duration) { kernelWaitCap = d }(kernelWaitCap)
-	kernelWaitCap = time.Minute // so that the wait outlasts the test's polling
-	before := threadsInPpoll(t)
-
-	a, b := tcpPair(t)
-	c := NewConn(b)
-	c.SetKernelWait(time.Minute)
-	type res struct {
-		p   []byte
-		err error
-	}
-	done := make(chan res, 1)
-	go func() {
-		p := make([]byte, 64)
-		n, err := c.Read(p)
-		done <- res{p[:n], err}
-	}()
-	giveUp := time.Now().Add(30 * time.Second)
-	for threadsInPpoll(t) <= before {
-		select {
-		case r := <-done:
-			t.Fatalf("Read returned %q, %v before anything was written", r.p, r.err)
-		default:
-		}
-		if time.Now().After(giveUp) {
-			t.Fatal("no thread waits in ppoll: the Read parked without waiting in the kernel")
-		}
-		runtime.Gosched()
-	}
-	want := []byte("next request")
-	if _, err := a.Write(want); err != nil {
-		t.Fatal(err)
-	}
-	r := <-done
-	if r.err != nil || !bytes.Equal(r.p, want) {
-		t.Fatalf("Read = %q, %v; want %q", r.p, r.err, want)
-	}
-}
-
 // TestKernelWaitLimit: kernelWait waits only while fewer than
 // GOMAXPROCS-1 threads do, so that waiting threads never hold every P.
 func TestKernelWaitLimit(t *testing.T) {
@@ -108,18 +61,6 @@ func TestKernelWaitLimit(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestConnReadKernelWaitDeadline: a deadline still ends a Read that
-// waited in the kernel first.
-func TestConnReadKernelWaitDeadline(t *testing.T) {
-	_, b := tcpPair(t)
-	c := NewConn(b)
-	c.SetKernelWait(time.Millisecond)
-	b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	if _, err := c.Read(make([]byte, 10)); !os.IsTimeout(err) {
-		t.Fatalf("Read after the deadline: %v, want a timeout", err)
 	}
 }
 

@@ -12,6 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// maxIovecs bounds one writev; the rest goes in the next call.
+const maxIovecs = 64
+
 func read(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	return int(n), e

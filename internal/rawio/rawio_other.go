@@ -3,26 +3,12 @@
 package rawio
 
 import (
+	"errors"
+	"net"
 	"os"
-	"syscall"
+	"sync/atomic"
 	"time"
 )
-
-func read(fd uintptr, p []byte) (int, syscall.Errno) {
-	n, err := syscall.Read(int(fd), p)
-	if err != nil {
-		return 0, err.(syscall.Errno)
-	}
-	return n, 0
-}
-
-func writev(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
-	n, err := syscall.Write(int(fd), bufs[0])
-	if err != nil {
-		return 0, err.(syscall.Errno)
-	}
-	return n, 0
-}
 
 // pollReadable waits in the poller instead on this system.
 func pollReadable(uintptr, time.Duration) bool { return false }
@@ -35,3 +21,19 @@ func NewFile(f *os.File) *File { return &File{f: f} }
 
 // ReadAt reads len(p) bytes at off, as io.ReaderAt.
 func (rf *File) ReadAt(p []byte, off int64) (int, error) { return rf.f.ReadAt(p, off) }
+
+// Sock is not available on this system: Detach always fails, and
+// callers go on with the net.Conn.
+type Sock struct{}
+
+// Detach fails on this system.
+func Detach(net.Conn) (*Sock, error) { return nil, errors.ErrUnsupported }
+
+func (*Sock) SetWriteTimeout(time.Duration)         {}
+func (*Sock) YieldWhile(*atomic.Int32)              {}
+func (*Sock) Read([]byte) (int, error)              { return 0, errors.ErrUnsupported }
+func (*Sock) WriteBuffers(...[]byte) error          { return errors.ErrUnsupported }
+func (*Sock) SendFile(*os.File, int64, int64) error { return errors.ErrUnsupported }
+func (*Sock) CloseRead() error                      { return errors.ErrUnsupported }
+func (*Sock) Shutdown() error                       { return errors.ErrUnsupported }
+func (*Sock) Close() error                          { return errors.ErrUnsupported }

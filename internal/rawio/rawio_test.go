@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -48,89 +46,6 @@ func randBytes(t *testing.T, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// TestConnWriteBuffersLarge writes far more than the socket buffers hold,
-// in several pieces, so writes come back short and wait in the poller; the
-// peer must receive every byte in order.
-func TestConnWriteBuffersLarge(t *testing.T) {
-	a, b := tcpPair(t)
-	a.SetWriteBuffer(16 << 10)
-	b.SetReadBuffer(16 << 10)
-	parts := [][]byte{randBytes(t, 28), nil, randBytes(t, 3<<20), randBytes(t, 1), randBytes(t, 5<<20+7)}
-	want := bytes.Join(parts, nil)
-	got := make(chan []byte, 1)
-	go func() {
-		buf, _ := io.ReadAll(b)
-		got <- buf
-	}()
-	w := NewConn(a)
-	if w == nil {
-		t.Fatal("NewConn: no raw access to a TCP connection")
-	}
-	if err := w.WriteBuffers(parts...); err != nil {
-		t.Fatalf("WriteBuffers: %v", err)
-	}
-	a.CloseWrite()
-	if g := <-got; !bytes.Equal(g, want) {
-		t.Fatalf("peer got %d bytes, want %d identical ones", len(g), len(want))
-	}
-}
-
-func TestConnWriteBuffersMany(t *testing.T) {
-	a, b := tcpPair(t)
-	var parts [][]byte
-	for i := range 3 * maxIovecs {
-		parts = append(parts, bytes.Repeat([]byte{byte(i)}, i%7+1))
-	}
-	want := bytes.Join(parts, nil)
-	if err := NewConn(a).WriteBuffers(parts...); err != nil {
-		t.Fatal(err)
-	}
-	a.CloseWrite()
-	got, err := io.ReadAll(b)
-	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("peer got %d bytes (err %v), want %d identical ones", len(got), err, len(want))
-	}
-}
-
-func TestConnRead(t *testing.T) {
-	a, b := tcpPair(t)
-	want := randBytes(t, 1<<20)
-	go func() {
-		a.Write(want)
-		a.CloseWrite()
-	}()
-	got, err := io.ReadAll(NewConn(b)) // ends on io.EOF
-	if err != nil {
-		t.Fatalf("ReadAll: %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("got %d bytes, want %d identical ones", len(got), len(want))
-	}
-}
-
-// TestConnReadDeadline: a read waiting in the poller ends at the
-// connection's deadline, as net.Conn's own Read does.
-func TestConnReadDeadline(t *testing.T) {
-	_, b := tcpPair(t)
-	b.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	_, err := NewConn(b).Read(make([]byte, 10))
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("Read after the deadline: %v, want a deadline error", err)
-	}
-}
-
-func TestConnReadAfterClose(t *testing.T) {
-	_, b := tcpPair(t)
-	c := NewConn(b)
-	b.Close()
-	if _, err := c.Read(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("Read on a closed connection: %v, want net.ErrClosed", err)
-	}
-	if err := c.WriteBuffers([]byte("x")); !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("WriteBuffers on a closed connection: %v, want net.ErrClosed", err)
-	}
 }
 
 // TestFileReadAt compares File.ReadAt with os.File.ReadAt over cached and
