@@ -722,9 +722,14 @@ func (c *conn) transmit(ctx context.Context, exp *Export) {
 			}
 			c.send(req.handle, errno, data, weight)
 		}
-		if inFlight.Load() == 0 && c.br.Buffered() == 0 {
+		large := req.typ == cmdRead && req.length >= sendfileMin
+		if inFlight.Load() == 0 && c.br.Buffered() == 0 && !large {
 			// Nothing else is pending (a client at queue depth 1):
 			// answer here and save the hand-off to another goroutine.
+			// Not a large read: its reply waits for socket space, and
+			// meanwhile the client's next requests would wait unread
+			// (sequential 1 MiB reads at queue depth 4: medians of 10
+			// rounds 2635 MiB/s answered here, 3043 handed off).
 			handle()
 			continue
 		}

@@ -896,19 +896,7 @@ func stalledClient(t *testing.T, srv *Server) (net.Conn, eventtest.LogCounter, c
 	srv.Resolver = mapResolver{"m": {Name: "m", Device: newMemDevice(8 << 20)}}
 	srv.Logger = slog.New(logs)
 	addr, cancel, done := serveLoopback(t, srv)
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return serr
-	}}
-	conn, err := d.DialContext(t.Context(), "tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	if _, err := Handshake(t.Context(), conn, "m"); err != nil {
-		t.Fatal(err)
-	}
+	conn := dialSlow(t, addr, "m")
 	var b []byte
 	for i := range 8 {
 		b = appendRequest(b, request{typ: cmdRead, handle: uint64(i), offset: uint64(i) << 20, length: 1 << 20})
@@ -920,6 +908,65 @@ func stalledClient(t *testing.T, srv *Server) (net.Conn, eventtest.LogCounter, c
 		t.Fatal(err)
 	}
 	return conn, logs, cancel, done
+}
+
+// dialSlow connects to export name at addr with a small receive buffer,
+// so that a reply of a few MiB can't leave the server until the client
+// reads it.
+func dialSlow(t *testing.T, addr, name string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return serr
+	}}
+	conn, err := d.DialContext(t.Context(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := Handshake(t.Context(), conn, name); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// writeSignal is a memDevice that reports each write on wrote.
+type writeSignal struct {
+	*memDevice
+	wrote chan struct{}
+}
+
+func (d *writeSignal) WriteAt(p []byte, off int64) (int, error) {
+	n, err := d.memDevice.WriteAt(p, off)
+	d.wrote <- struct{}{}
+	return n, err
+}
+
+// TestLargeReadHandedOff: a large read, even alone, goes to a worker:
+// while its reply waits for the client to read, the server still reads
+// and carries out the client's next requests.
+func TestLargeReadHandedOff(t *testing.T) {
+	t.Parallel()
+	dev := &writeSignal{newMemDevice(16 << 20), make(chan struct{}, 1)}
+	addr := startServer(t, &Server{Resolver: mapResolver{"m": {Name: "m", Device: dev}}})
+	conn := dialSlow(t, addr, "m")
+	if _, err := conn.Write(appendRequest(nil, request{typ: cmdRead, handle: 1, length: 16 << 20})); err != nil {
+		t.Fatal(err)
+	}
+	// The reply has begun: the read is the only request the server had.
+	if _, err := io.ReadFull(conn, make([]byte, replyHeaderLen)); err != nil {
+		t.Fatal(err)
+	}
+	w := appendRequest(nil, request{typ: cmdWrite, handle: 2, offset: 4096, length: 4096})
+	if _, err := conn.Write(append(w, make([]byte, 4096)...)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-dev.wrote:
+	case <-time.After(eventtest.Within):
+		t.Fatal("a write sent after a large read waited for the read's reply to be taken")
+	}
 }
 
 // TestWriteTimeout: a reply that a client doesn't read within
