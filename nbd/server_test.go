@@ -931,34 +931,49 @@ func dialSlow(t *testing.T, addr, name string) net.Conn {
 	return conn
 }
 
-// writeSignal is a memDevice that reports each write on wrote.
+// writeSignal is a Device that reports each write on wrote.
 type writeSignal struct {
-	*memDevice
+	Device
 	wrote chan struct{}
 }
 
 func (d *writeSignal) WriteAt(p []byte, off int64) (int, error) {
-	n, err := d.memDevice.WriteAt(p, off)
+	n, err := d.Device.WriteAt(p, off)
 	d.wrote <- struct{}{}
 	return n, err
 }
 
-// TestLargeReadHandedOff: a large read, even alone, goes to a worker:
-// while its reply waits for the client to read, the server still reads
-// and carries out the client's next requests.
+// TestLargeReadHandedOff: once a client has pipelined, its large reads go
+// to a worker even when nothing else is pending: while such a read's
+// reply waits for the client to read, the server still reads and
+// carries out the client's next requests.
 func TestLargeReadHandedOff(t *testing.T) {
 	t.Parallel()
-	dev := &writeSignal{newMemDevice(16 << 20), make(chan struct{}, 1)}
+	block := &blockDevice{newMemDevice(16 << 20), make(chan struct{}, 3), make(chan struct{})}
+	dev := &writeSignal{block, make(chan struct{}, 1)}
 	addr := startServer(t, &Server{Resolver: mapResolver{"m": {Name: "m", Device: dev}}})
 	conn := dialSlow(t, addr, "m")
-	if _, err := conn.Write(appendRequest(nil, request{typ: cmdRead, handle: 1, length: 16 << 20})); err != nil {
+	// Two small reads at once: the device holds both, so the second
+	// came while the first was pending.
+	b := appendRequest(nil, request{typ: cmdRead, handle: 1, length: 4096})
+	b = appendRequest(b, request{typ: cmdRead, handle: 2, length: 4096})
+	if _, err := conn.Write(b); err != nil {
 		t.Fatal(err)
 	}
-	// The reply has begun: the read is the only request the server had.
+	<-block.started
+	<-block.started
+	close(block.release)
+	if _, err := io.ReadFull(conn, make([]byte, 2*(replyHeaderLen+4096))); err != nil {
+		t.Fatal(err)
+	}
+	// Then a large read, alone, whose reply can't fit the buffers.
+	if _, err := conn.Write(appendRequest(nil, request{typ: cmdRead, handle: 3, length: 16 << 20})); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := io.ReadFull(conn, make([]byte, replyHeaderLen)); err != nil {
 		t.Fatal(err)
 	}
-	w := appendRequest(nil, request{typ: cmdWrite, handle: 2, offset: 4096, length: 4096})
+	w := appendRequest(nil, request{typ: cmdWrite, handle: 4, offset: 4096, length: 4096})
 	if _, err := conn.Write(append(w, make([]byte, 4096)...)); err != nil {
 		t.Fatal(err)
 	}
