@@ -18,7 +18,8 @@
 // depth 1 every request woke two threads instead of one.
 //
 // WaitReadable lets a datagram server wait in the kernel for a moment
-// before it parks in the poller, for the same reason.
+// before it parks in the poller, so that the next packet wakes the
+// thread that reads it.
 package rawio
 
 import (
@@ -47,9 +48,10 @@ var kernelWaiters atomic.Int32
 // beyond that it returns at once. It reports whether the socket is
 // readable. A datagram server calls it before a read that would otherwise
 // park in the network poller, so that the kernel wakes the serving thread
-// directly when the next packet arrives, as it would a C server's,
-// instead of waking the poller's thread, which then wakes another to run
-// the goroutine.
+// directly when the next packet arrives, as it would a C server's, and
+// that thread reads at once, instead of the poller's thread waking
+// another to run the goroutine. (A thread waiting in the poller is still
+// woken too: only a Sock leaves the poller.)
 func WaitReadable(rc syscall.RawConn, d time.Duration) bool {
 	d = min(d, kernelWaitCap)
 	if d <= 0 {

@@ -143,14 +143,7 @@ func TestSockRead(t *testing.T) {
 // in several pieces, so writes come back short and wait; the peer must
 // receive every byte in order.
 func TestSockWriteBuffersLarge(t *testing.T) {
-	a, b := tcpPair(t)
-	b.SetWriteBuffer(16 << 10)
-	a.SetReadBuffer(16 << 10)
-	s, err := Detach(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, a := detachedBuffers(t, 16<<10)
 	parts := [][]byte{randBytes(t, 28), nil, randBytes(t, 3<<20), randBytes(t, 1), randBytes(t, 5<<20+7)}
 	want := bytes.Join(parts, nil)
 	got := make(chan []byte, 1)
@@ -207,19 +200,27 @@ func TestSockCloseRead(t *testing.T) {
 	}
 }
 
-// fillPeer makes s's writes block: the peer a reads nothing, and both
-// socket buffers are small.
-func fillPeer(t *testing.T) (*Sock, *net.TCPConn) {
+// detachedBuffers is detached with socket buffers of about n bytes
+// between the Sock and its peer, so that a larger write has to wait for
+// the peer to read.
+func detachedBuffers(t *testing.T, n int) (*Sock, *net.TCPConn) {
 	t.Helper()
 	a, b := tcpPair(t)
-	a.SetReadBuffer(4 << 10)
-	b.SetWriteBuffer(4 << 10)
+	a.SetReadBuffer(n)
+	b.SetWriteBuffer(n)
 	s, err := Detach(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s, a
+}
+
+// fillPeer makes s's writes block: the peer a reads nothing, and both
+// socket buffers are small.
+func fillPeer(t *testing.T) (*Sock, *net.TCPConn) {
+	t.Helper()
+	return detachedBuffers(t, 4<<10)
 }
 
 // TestSockShutdown: Shutdown ends a write blocked on a peer that doesn't
@@ -269,14 +270,7 @@ func tempFile(t *testing.T, data []byte) *os.File {
 // buffers, so sendfile comes back short and waits, then a range past the
 // file's end, which fails.
 func TestSockSendFile(t *testing.T) {
-	a, b := tcpPair(t)
-	b.SetWriteBuffer(16 << 10)
-	a.SetReadBuffer(16 << 10)
-	s, err := Detach(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, a := detachedBuffers(t, 16<<10)
 	data := randBytes(t, 6<<20)
 	f := tempFile(t, data)
 	off, n := int64(12345), int64(5<<20)
