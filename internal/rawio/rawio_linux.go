@@ -38,13 +38,21 @@ func writev(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
 	return int(n), e
 }
 
-// pollReadable blocks in ppoll for up to d until fd is readable. It is
-// an ordinary system call (through the scheduler), since it blocks.
+// pollReadable blocks in ppoll for up to d until fd is readable.
 func pollReadable(fd uintptr, d time.Duration) bool {
-	pfd := unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
 	ts := unix.NsecToTimespec(d.Nanoseconds())
-	n, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
-	return e == 0 && n == 1
+	revents, e := ppoll(int(fd), unix.POLLIN, &ts)
+	return e == 0 && revents != 0
+}
+
+// ppoll waits until fd has one of events, an error or a hang-up, or
+// until ts has passed (never if nil), and returns the events it has (0
+// on a timeout). It is an ordinary system call (through the scheduler),
+// since it blocks.
+func ppoll(fd int, events int16, ts *unix.Timespec) (int16, syscall.Errno) {
+	pfd := unix.PollFd{Fd: int32(fd), Events: events}
+	_, _, e := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(ts)), 0, 0, 0)
+	return pfd.Revents, e
 }
 
 // File reads a regular file, from the page cache without a trip through

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -203,16 +202,15 @@ func (s *Sock) poll(events int16, deadline time.Time) error {
 			ts := unix.NsecToTimespec(left.Nanoseconds())
 			tsp = &ts
 		}
-		pfd := unix.PollFd{Fd: int32(s.fd), Events: events}
-		_, _, errno := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(tsp)), 0, 0, 0)
+		revents, errno := ppoll(s.fd, events, tsp)
 		switch {
 		case errno == syscall.EINTR:
 			continue
 		case errno != 0:
 			return os.NewSyscallError("ppoll", errno)
-		case pfd.Revents&unix.POLLNVAL != 0:
+		case revents&unix.POLLNVAL != 0:
 			return net.ErrClosed
-		case pfd.Revents == 0:
+		case revents == 0:
 			continue // timed out: the loop's check reports it
 		}
 		return nil
