@@ -76,7 +76,7 @@ bench-compare: ## benchstat: `make bench` at REF (default HEAD) against the work
 	COUNT=$(if $(filter command line,$(origin COUNT)),$(COUNT),6) BENCHTIME=$(BENCHTIME) scripts/bench-compare.sh $(REF)
 
 .PHONY: bench-nbd
-bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for a short run, PIN=0/1 servers/fio CPUs, REPORT=FILE)
+bench-nbd: ## rackboot vs nbd-server, qemu-nbd and nbdkit with fio (QUICK=1 for a short run, PIN=0/1 servers/fio CPUs, TCP_CC=cubic|bbr|host, REPORT=FILE)
 	scripts/apt-ensure.sh $(BENCH_NBD_PKGS)
 	scripts/bench-nbd.sh
 

@@ -95,6 +95,7 @@ type bench struct {
 func (b *bench) run(ctx context.Context) (*report, error) {
 	rep := &report{cfg: b.cfg, rows: b.cfg.rows(), res: b.res, started: time.Now()}
 	rep.machine = benchkit.MachineInfo()
+	rep.network = networkInfo()
 	rep.tools = toolVersions(ctx, b.cfg.rackboot)
 	rep.loadStart = benchkit.LoadAverage()
 	if l, err := strconv.ParseFloat(rep.loadStart, 64); err == nil && l > float64(runtime.NumCPU())/2 {

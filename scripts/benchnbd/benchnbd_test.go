@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rackboot/rackboot/internal/netns"
 	"github.com/rackboot/rackboot/scripts/internal/benchkit"
 )
 
@@ -394,5 +396,27 @@ func TestParseConfigPin(t *testing.T) {
 	}
 	if got := strings.Join(pinned("", []string{"fio", "x"}), " "); got != "fio x" {
 		t.Errorf("pinned without CPUs = %q", got)
+	}
+}
+
+func TestNetworkInfo(t *testing.T) {
+	t.Parallel()
+	n := netns.New(t)
+	h := n.AddHost(netns.MAC(1), netip.Prefix{})
+	// reno is built into every kernel; the host's own setting is left alone.
+	h.Run(t, "sysctl", "-qw", "net.ipv4.tcp_congestion_control=reno")
+	var got string
+	if err := h.Do(func() error { got = networkInfo(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := "127.0.0.1 in a network namespace with interfaces lo, eth0; TCP congestion control reno"; got != want {
+		t.Errorf("networkInfo with eth0 = %q; want %q", got, want)
+	}
+	h.Run(t, "ip", "link", "del", "eth0")
+	if err := h.Do(func() error { got = networkInfo(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if want := "127.0.0.1 in a network namespace with no other interface; TCP congestion control reno"; got != want {
+		t.Errorf("networkInfo with lo alone = %q; want %q", got, want)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,4 +197,31 @@ func loopbackBandwidth(ctx context.Context, d time.Duration) (float64, error) {
 		return 0, err
 	}
 	return float64(r.n) / r.dur.Seconds(), nil
+}
+
+// networkInfo describes the network the servers listen on: the
+// interfaces of the network namespace (bench-nbd.sh gives the benchmark one
+// of its own, with nothing but its loopback, so no other traffic shares it)
+// and the TCP congestion control new connections get there. Both change
+// what loopback TCP measures: on loopback the sender's pacing and the
+// receiver's reads share the same CPUs, so a congestion control that paces
+// (BBR) turns the client's wake-ups into part of the figure.
+func networkInfo() string {
+	ns := "a network namespace whose interfaces are unknown"
+	if ifs, err := net.Interfaces(); err == nil {
+		var names []string
+		for _, i := range ifs {
+			names = append(names, i.Name)
+		}
+		if len(names) == 1 && ifs[0].Flags&net.FlagLoopback != 0 {
+			ns = "a network namespace with no other interface"
+		} else {
+			ns = "a network namespace with interfaces " + strings.Join(names, ", ")
+		}
+	}
+	cc := "unknown"
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control"); err == nil {
+		cc = strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("127.0.0.1 in %s; TCP congestion control %s", ns, cc)
 }

@@ -28,6 +28,7 @@ type report struct {
 	cached    float64
 	cacheErr  error
 	loopback  float64 // bytes per second, 0 if not measured
+	network   string  // where the servers listen and the TCP congestion control (networkInfo)
 	loadStart string  // /proc/loadavg's 1-minute figure at the start
 	loadEnd   string  // and at the end
 	started   time.Time
@@ -227,6 +228,7 @@ func (r *report) header() []string {
 	return []string{
 		"rackboot NBD benchmark, " + r.started.Format("2006-01-02 15:04 MST"),
 		"machine: " + strings.Join(r.machine, "; ") + "; load average " + r.loadStart + " at start, " + r.loadEnd + " at end",
+		"network: " + r.network,
 		"tools: " + strings.Join(r.tools, ", "),
 	}
 }
