@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(fio libnbd-bin nbd-server qemu-utils nbdkit)
+pkgs=(fio libnbd-bin nbd-server qemu-utils nbdkit iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
