@@ -142,15 +142,20 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// notifyWriter is w that closes first at the first write.
+// notifyWriter is w that closes first at the first write, and then
+// holds that write until hold is closed.
 type notifyWriter struct {
 	w     io.Writer
 	first chan struct{}
+	hold  chan struct{}
 	once  sync.Once
 }
 
 func (n *notifyWriter) Write(p []byte) (int, error) {
-	n.once.Do(func() { close(n.first) })
+	n.once.Do(func() {
+		close(n.first)
+		<-n.hold
+	})
 	return n.w.Write(p)
 }
 
@@ -923,12 +928,14 @@ func testShutdown(t *testing.T, window uint) {
 	start(gone) // and never heard from again
 
 	// A transfer that finishes within the drain, shut down once its first
-	// block has arrived.
+	// block has arrived. The client holds that block, unacknowledged, until
+	// the shutdown has begun: the transfer can't be over before it (it
+	// takes 2 ms).
 	quick := make(chan error, 1)
-	started := make(chan struct{})
+	started, hold := make(chan struct{}), make(chan struct{})
 	go func() {
 		var got bytes.Buffer
-		_, err := fetchInto(&notifyWriter{w: &got, first: started}, addr, "f65464", 512)
+		_, err := fetchInto(&notifyWriter{w: &got, first: started, hold: hold}, addr, "f65464", 512)
 		if err == nil && !bytes.Equal(got.Bytes(), files["f65464"]) {
 			err = errors.New("wrong data")
 		}
@@ -943,6 +950,7 @@ func testShutdown(t *testing.T, window uint) {
 	}
 	cancel()
 	stopped := time.Now()
+	close(hold)
 
 	// The slow client acks a block every 10ms (so that a window of 4 is
 	// acked within Timeout): it can't finish 6000 blocks within the
