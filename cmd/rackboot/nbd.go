@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"text/tabwriter"
 
@@ -84,7 +85,7 @@ func runNBD(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer cat.Close()
 	cat.Logger = log
 	srv := &nbd.Server{Resolver: cat, Logger: log}
-	log.Info("serving NBD", "addr", *listen, "images", len(images), "state", *state)
+	log.Info("serving NBD", "addr", *listen, "images", len(images), "state", *state, "procs", runtime.GOMAXPROCS(0))
 	return srv.ListenAndServe(ctx, *listen)
 }
 

@@ -323,3 +323,37 @@ func TestServeShutsDownCleanly(t *testing.T) {
 		t.Errorf("no clean stop in the log:\n%s", srv.log)
 	}
 }
+
+// TestProcsFloor runs rackboot on one CPU: unless GOMAXPROCS says
+// otherwise, it runs with two Ps (see minProcs), and says so when it
+// starts.
+func TestProcsFloor(t *testing.T) {
+	t.Parallel()
+	taskset := testenv.LookPath(t, "taskset")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	randomFile(t, img, 1<<20, 7)
+	for _, tc := range []struct{ env, want string }{
+		{"", "procs=2"},
+		{"GOMAXPROCS=1", "procs=1"},
+	} {
+		addr := freeAddr(t)
+		cmd := exec.Command(taskset, "-c", "0", rackbootBin, "nbd", "--listen", addr,
+			"--image", "img="+img, "--state", t.TempDir())
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=")
+		if tc.env != "" {
+			cmd.Env = append(cmd.Env, tc.env)
+		}
+		srv := startCommand(t, cmd, func() bool {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+		srv.stop(syscall.SIGTERM)
+		if !strings.Contains(srv.log.String(), tc.want) {
+			t.Errorf("rackboot on one CPU with %q logged no %s:\n%s", tc.env, tc.want, srv.log)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -112,7 +113,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		g.Go(func() error { return tftpSrv.ListenAndServe(ctx, cfg.TFTP.Listen) })
 	}
 	log.Info("rackboot serving", "version", version, "address", a.address().String(),
-		"nbd", cfg.NBD.Listen, "http", cfg.HTTP.Listen, "tftp", cfg.TFTP.Listen, "boards", len(cfg.Boards), "state", cfg.StateDir)
+		"nbd", cfg.NBD.Listen, "http", cfg.HTTP.Listen, "tftp", cfg.TFTP.Listen, "boards", len(cfg.Boards), "state", cfg.StateDir,
+		"procs", runtime.GOMAXPROCS(0))
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
