@@ -10,10 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/rackboot/rackboot/internal/testenv"
 )
@@ -330,6 +333,14 @@ func TestServeShutsDownCleanly(t *testing.T) {
 func TestProcsFloor(t *testing.T) {
 	t.Parallel()
 	taskset := testenv.LookPath(t, "taskset")
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	cpu := 0
+	for !set.IsSet(cpu) {
+		cpu++
+	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "img")
 	randomFile(t, img, 1<<20, 7)
@@ -338,7 +349,7 @@ func TestProcsFloor(t *testing.T) {
 		{"GOMAXPROCS=1", "procs=1"},
 	} {
 		addr := freeAddr(t)
-		cmd := exec.Command(taskset, "-c", "0", rackbootBin, "nbd", "--listen", addr,
+		cmd := exec.Command(taskset, "-c", strconv.Itoa(cpu), rackbootBin, "nbd", "--listen", addr,
 			"--image", "img="+img, "--state", t.TempDir())
 		cmd.Env = append(os.Environ(), "GOMAXPROCS=")
 		if tc.env != "" {
