@@ -65,13 +65,19 @@ type server struct {
 // connections.
 func startRackboot(t *testing.T, addr string, args ...string) *server {
 	t.Helper()
-	return startCommand(t, exec.Command(rackbootBin, args...), func() bool {
+	return startCommand(t, exec.Command(rackbootBin, args...), accepting(addr))
+}
+
+// accepting returns a readiness check for startCommand: addr accepts
+// connections.
+func accepting(addr string) func() bool {
+	return func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
-	})
+	}
 }
 
 // startCommand starts a rackboot command and waits until ready reports
@@ -355,13 +361,7 @@ func TestProcsFloor(t *testing.T) {
 		if tc.env != "" {
 			cmd.Env = append(cmd.Env, tc.env)
 		}
-		srv := startCommand(t, cmd, func() bool {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		})
+		srv := startCommand(t, cmd, accepting(addr))
 		srv.stop(syscall.SIGTERM)
 		if !strings.Contains(srv.log.String(), tc.want) {
 			t.Errorf("rackboot on one CPU with %q logged no %s:\n%s", tc.env, tc.want, srv.log)

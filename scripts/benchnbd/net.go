@@ -213,7 +213,7 @@ func networkInfo() string {
 		for _, i := range ifs {
 			names = append(names, i.Name)
 		}
-		if len(names) == 1 && ifs[0].Flags&net.FlagLoopback != 0 {
+		if len(ifs) == 1 && ifs[0].Flags&net.FlagLoopback != 0 {
 			ns = "a network namespace with no other interface"
 		} else {
 			ns = "a network namespace with interfaces " + strings.Join(names, ", ")
